@@ -1,0 +1,308 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
+# cython: cdivision=True
+"""PacketBatch: N fixed-size packet slots in one contiguous slab.
+
+Theory of operation: every layer of the data plane passes batches, never single packets.
+A batch owns one ``bytearray`` slab cut into ``capacity`` slots of ``slot_size`` bytes.
+Packet *i* lives at ``offsets[i]`` inside its slot for ``lengths[i]`` bytes. Appending
+puts a packet ``headroom`` bytes into its slot and guarantees ``tailroom`` bytes after it,
+so the WireGuard header (16 B) is pushed in front and padding + tag (≤ 31 B) appended
+behind without copying. Per-slot metadata (peer id, status, underlay endpoint) lives in
+parallel typed arrays that Cython code reads and writes without the GIL.
+
+Python-level methods validate their arguments and raise ``IndexError``/``ValueError``;
+nothing reachable from Python writes outside the slab.
+"""
+
+import ipaddress
+from enum import IntEnum
+
+from libc.string cimport memcpy, memset
+
+cimport cython
+
+
+class DropReason(IntEnum):
+    """Per-slot status; OK is alive, every other value names why the slot was dropped."""
+
+    OK = ST_OK
+    TOO_SHORT = ST_TOO_SHORT
+    BAD_TYPE = ST_BAD_TYPE
+    UNKNOWN_RECEIVER = ST_UNKNOWN_RECEIVER
+    REPLAY = ST_REPLAY
+    BAD_TAG = ST_BAD_TAG
+    COUNTER_LIMIT = ST_COUNTER_LIMIT
+    NO_ROOM = ST_NO_ROOM
+    EXPIRED = ST_EXPIRED
+    NO_ROUTE = ST_NO_ROUTE
+    ROUTE_DROP = ST_ROUTE_DROP
+    SOURCE_FILTER = ST_SOURCE_FILTER
+    PACKET_FILTER = ST_PACKET_FILTER
+    BAD_IP = ST_BAD_IP
+    UNCLASSIFIED = ST_UNCLASSIFIED
+    QUEUE_FULL = ST_QUEUE_FULL
+    NO_SESSION = ST_NO_SESSION
+    KEEPALIVE = ST_KEEPALIVE
+    HANDSHAKE = ST_HANDSHAKE
+    DISCO = ST_DISCO
+    STUN = ST_STUN
+    TOO_BIG = ST_TOO_BIG
+
+
+STATUS_SLOTS = ST_MAX
+DEFAULT_CAPACITY = 128
+DEFAULT_MTU = 1420
+DEFAULT_HEADROOM = 16
+DEFAULT_TAILROOM = 32
+
+cdef bytes _V4_PREFIX = b"\x00" * 10 + b"\xff\xff"
+
+
+cdef class PacketBatch:
+    """A batch of up to ``capacity`` packets in one slab.
+
+    ``mtu`` is the largest packet an overlay transport appends; the slot is sized
+    ``headroom + mtu + tailroom`` rounded up to 64 bytes unless ``slot_size`` is given.
+    ``append`` accepts anything that fits between the headroom and the end of the slot,
+    which also admits sealed datagrams (``mtu + 32``) read from an underlay.
+    """
+
+    def __init__(self, Py_ssize_t capacity=DEFAULT_CAPACITY, Py_ssize_t mtu=DEFAULT_MTU,
+                 Py_ssize_t headroom=DEFAULT_HEADROOM, Py_ssize_t tailroom=DEFAULT_TAILROOM,
+                 slot_size=None):
+        if capacity <= 0:
+            raise ValueError(f"capacity must be positive, got {capacity}")
+        if mtu <= 0 or headroom < 0 or tailroom < 0:
+            raise ValueError(
+                f"mtu must be positive and headroom/tailroom non-negative "
+                f"(mtu={mtu}, headroom={headroom}, tailroom={tailroom})")
+        cdef Py_ssize_t need = headroom + mtu + tailroom
+        cdef Py_ssize_t size
+        if slot_size is None:
+            size = (need + 63) & ~63
+        else:
+            size = slot_size
+            if size < need:
+                raise ValueError(
+                    f"slot_size {size} is smaller than headroom + mtu + tailroom = {need}")
+        if size > 0xFFFFFFFF or capacity * size > (1 << 40):
+            raise ValueError(f"batch too large: {capacity} slots of {size} bytes")
+        self.capacity = capacity
+        self.slot_size = size
+        self.headroom = headroom
+        self.tailroom = tailroom
+        self.count = 0
+        self._buf = bytearray(capacity * size)
+        self.slab = self._buf
+        self.offsets = memoryview(bytearray(4 * capacity)).cast("I")
+        self.lengths = memoryview(bytearray(4 * capacity)).cast("I")
+        self.peers = memoryview(bytearray(4 * capacity)).cast("i")
+        self.status = bytearray(capacity)
+        self.ep_addr = memoryview(bytearray(16 * capacity)).cast("B", (capacity, 16))
+        self.ep_port = memoryview(bytearray(2 * capacity)).cast("H")
+        self.peers[:] = -1
+
+    @classmethod
+    def from_packets(cls, packets, **kwargs):
+        """Build a batch holding a copy of each bytes-like object in ``packets``.
+
+        ``capacity`` defaults to the number of packets (at least 1).
+        """
+        items = list(packets)
+        if "capacity" not in kwargs:
+            kwargs["capacity"] = max(1, len(items))
+        cdef PacketBatch batch = cls(**kwargs)
+        for p in items:
+            batch.append(p)
+        return batch
+
+    @property
+    def max_packet(self):
+        """Largest packet ``append`` accepts: from the headroom to the end of the slot."""
+        return self.slot_size - self.headroom
+
+    @property
+    def room(self):
+        """Slots still free."""
+        return self.capacity - self.count
+
+    def __len__(self):
+        return self.count
+
+    cdef int _check_index(self, Py_ssize_t i) except -1:
+        if i < 0 or i >= self.count:
+            raise IndexError(f"packet index {i} out of range for a batch of {self.count}")
+        return 0
+
+    cdef Py_ssize_t _norm(self, Py_ssize_t i) except -1:
+        if i < 0:
+            i += self.count
+        self._check_index(i)
+        return i
+
+    def append(self, data):
+        """Copy ``data`` into the next free slot and return its index."""
+        cdef const uint8_t[::1] src = memoryview(data).cast("B")
+        cdef Py_ssize_t n = src.shape[0]
+        cdef Py_ssize_t i = self.count
+        if i >= self.capacity:
+            raise ValueError(f"batch is full ({self.capacity} packets)")
+        if n > self.slot_size - self.headroom:
+            raise ValueError(
+                f"packet of {n} bytes does not fit a slot "
+                f"(max {self.slot_size - self.headroom} after {self.headroom} B headroom)")
+        if n:
+            memcpy(&self.slab[i * self.slot_size + self.headroom], &src[0], n)
+        self.offsets[i] = self.headroom
+        self.lengths[i] = n
+        self.peers[i] = -1
+        self.status[i] = ST_OK
+        memset(&self.ep_addr[i, 0], 0, 16)
+        self.ep_port[i] = 0
+        self.count = i + 1
+        return i
+
+    def extend(self, packets):
+        for p in packets:
+            self.append(p)
+
+    def clear(self):
+        """Forget all packets; the slab is kept for reuse."""
+        self.count = 0
+
+    def __getitem__(self, Py_ssize_t i):
+        """Zero-copy, writable ``memoryview`` of packet ``i``."""
+        i = self._norm(i)
+        cdef Py_ssize_t start = i * self.slot_size + self.offsets[i]
+        return memoryview(self._buf)[start:start + self.lengths[i]]
+
+    def __iter__(self):
+        cdef Py_ssize_t i
+        for i in range(self.count):
+            yield self[i]
+
+    def packets(self, alive_only=False):
+        """Copies of the packets as ``bytes`` (only the OK ones if ``alive_only``)."""
+        cdef Py_ssize_t i
+        return [bytes(self[i]) for i in range(self.count)
+                if not alive_only or self.status[i] == ST_OK]
+
+    def slot(self, Py_ssize_t i):
+        """Zero-copy view of the whole slot ``i`` (headroom and tailroom included)."""
+        i = self._norm(i)
+        return memoryview(self._buf)[i * self.slot_size:(i + 1) * self.slot_size]
+
+    def offset(self, Py_ssize_t i):
+        i = self._norm(i)
+        return self.offsets[i]
+
+    def set_bounds(self, Py_ssize_t i, Py_ssize_t offset, Py_ssize_t length):
+        """Move packet ``i`` to ``[offset, offset + length)`` within its slot."""
+        i = self._norm(i)
+        if offset < 0 or length < 0 or offset + length > self.slot_size:
+            raise ValueError(
+                f"bounds [{offset}, {offset + length}) outside a slot of {self.slot_size}")
+        self.offsets[i] = offset
+        self.lengths[i] = length
+
+    def set_packet(self, Py_ssize_t i, data):
+        """Replace packet ``i`` with a copy of ``data`` (placed after the headroom)."""
+        i = self._norm(i)
+        cdef const uint8_t[::1] src = memoryview(data).cast("B")
+        cdef Py_ssize_t n = src.shape[0]
+        if n > self.slot_size - self.headroom:
+            raise ValueError(f"packet of {n} bytes does not fit a slot")
+        if n:
+            memcpy(&self.slab[i * self.slot_size + self.headroom], &src[0], n)
+        self.offsets[i] = self.headroom
+        self.lengths[i] = n
+
+    def peer(self, Py_ssize_t i):
+        i = self._norm(i)
+        return self.peers[i]
+
+    def set_peer(self, Py_ssize_t i, int peer):
+        i = self._norm(i)
+        self.peers[i] = peer
+
+    def status_of(self, Py_ssize_t i):
+        i = self._norm(i)
+        return DropReason(self.status[i])
+
+    def set_status(self, Py_ssize_t i, int status):
+        i = self._norm(i)
+        if status < 0 or status >= ST_MAX:
+            raise ValueError(f"status {status} out of range 0..{ST_MAX - 1}")
+        self.status[i] = status
+
+    def fill_peer(self, int peer):
+        """Set the peer id of every slot."""
+        self.peers[:self.count] = peer
+
+    def fill_endpoint(self, endpoint):
+        """Set the underlay endpoint ``(ip, port)`` of every slot."""
+        cdef Py_ssize_t i
+        packed, port = _pack_endpoint(endpoint)
+        cdef const uint8_t[::1] src = packed
+        for i in range(self.count):
+            memcpy(&self.ep_addr[i, 0], &src[0], 16)
+            self.ep_port[i] = port
+
+    def endpoint(self, Py_ssize_t i):
+        """Underlay endpoint ``(ip, port)`` of slot ``i``; IPv4 comes back as dotted quad."""
+        i = self._norm(i)
+        raw = bytes(self.ep_addr[i])
+        if raw.startswith(_V4_PREFIX):
+            return (str(ipaddress.IPv4Address(raw[12:])), self.ep_port[i])
+        return (str(ipaddress.IPv6Address(raw)), self.ep_port[i])
+
+    def set_endpoint(self, Py_ssize_t i, endpoint):
+        i = self._norm(i)
+        packed, port = _pack_endpoint(endpoint)
+        cdef const uint8_t[::1] src = packed
+        memcpy(&self.ep_addr[i, 0], &src[0], 16)
+        self.ep_port[i] = port
+
+    def status_counts(self):
+        """Number of slots per status value, as a list indexed by ``DropReason``."""
+        counts = [0] * ST_MAX
+        cdef Py_ssize_t i
+        for i in range(self.count):
+            counts[self.status[i]] += 1
+        return counts
+
+    def alive(self):
+        """Indexes of the slots whose status is OK."""
+        cdef Py_ssize_t i
+        return [i for i in range(self.count) if self.status[i] == ST_OK]
+
+    @property
+    def statuses(self):
+        """Writable ``memoryview`` (format ``B``) of the status of each packet."""
+        return memoryview(self.status)[:self.count]
+
+    @property
+    def peer_ids(self):
+        """Writable ``memoryview`` (format ``i``) of the peer id of each packet."""
+        return memoryview(self.peers)[:self.count]
+
+    @property
+    def length_array(self):
+        return memoryview(self.lengths)[:self.count]
+
+    def __repr__(self):
+        return (f"<PacketBatch {self.count}/{self.capacity} slots of {self.slot_size} B, "
+                f"headroom {self.headroom}, tailroom {self.tailroom}>")
+
+
+def _pack_endpoint(endpoint):
+    try:
+        host, port = endpoint
+        addr = ipaddress.ip_address(host)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"endpoint must be (ip, port), got {endpoint!r}") from e
+    if not 0 <= port <= 0xFFFF:
+        raise ValueError(f"port {port} out of range in endpoint {endpoint!r}")
+    if addr.version == 4:
+        return _V4_PREFIX + addr.packed, port
+    return addr.packed, port
