@@ -35,6 +35,7 @@ cdef enum:
     ST_DISCO = 19
     ST_STUN = 20
     ST_TOO_BIG = 21
+    ST_CRYPTO_ERROR = 22      # the AEAD library failed (not the packet's fault)
     ST_MAX = 32               # size of per-reason counter arrays
 
 

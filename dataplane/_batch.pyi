@@ -26,6 +26,7 @@ class DropReason(IntEnum):
     DISCO = 19
     STUN = 20
     TOO_BIG = 21
+    CRYPTO_ERROR = 22
 
 STATUS_SLOTS: int
 DEFAULT_CAPACITY: int

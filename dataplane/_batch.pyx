@@ -47,6 +47,7 @@ class DropReason(IntEnum):
     DISCO = ST_DISCO
     STUN = ST_STUN
     TOO_BIG = ST_TOO_BIG
+    CRYPTO_ERROR = ST_CRYPTO_ERROR
 
 
 STATUS_SLOTS = ST_MAX
