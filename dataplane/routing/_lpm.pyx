@@ -288,12 +288,18 @@ cdef int _set_pfx(LpmTable t, LpmNode *n, int idx, int32_t value, int32_t *old) 
     return 1
 
 
-cdef int32_t _del_pfx(LpmNode *n, int idx) noexcept:
+cdef int32_t _del_pfx(LpmTable t, LpmNode *n, int idx) noexcept:
     cdef int r = _rank(n.pfx, idx)
     cdef int32_t v = n.vals[r]
     memmove(&n.vals[r], &n.vals[r + 1], (n.npfx - r - 1) * sizeof(int32_t))
     n.pfx[idx >> 6] &= ~((<uint64_t>1) << (idx & 63))
     n.npfx -= 1
+    if n.npfx == 0:
+        # Give the array back: a trie that was emptied holds no stale capacity.
+        t.nbytes -= n.cap_pfx * sizeof(int32_t)
+        free(n.vals)
+        n.vals = NULL
+        n.cap_pfx = 0
     return v
 
 
@@ -308,11 +314,16 @@ cdef int _add_kid(LpmTable t, LpmNode *n, int o, void *k) except -1:
     return 0
 
 
-cdef void _del_kid(LpmNode *n, int o) noexcept:
+cdef void _del_kid(LpmTable t, LpmNode *n, int o) noexcept:
     cdef int r = _rank(n.kid, o)
     memmove(&n.kids[r], &n.kids[r + 1], (n.nkid - r - 1) * sizeof(void *))
     n.kid[o >> 6] &= ~((<uint64_t>1) << (o & 63))
     n.nkid -= 1
+    if n.nkid == 0:
+        t.nbytes -= n.cap_kid * sizeof(void *)
+        free(n.kids)
+        n.kids = NULL
+        n.cap_kid = 0
 
 
 cdef int _place_leaf(LpmTable t, LpmNode *n, int d, LpmLeaf *lf) except -1:
@@ -460,7 +471,7 @@ cdef int _remove(LpmTable t, LpmNode *root, uint64_t hi, uint64_t lo, int plen,
             idx = _base_index(o, plen - 8 * d)
             if not _bit(node.pfx, idx):
                 return 0
-            old[0] = _del_pfx(node, idx)
+            old[0] = _del_pfx(t, node, idx)
             break
         if not _bit(node.kid, o):
             return 0
@@ -470,7 +481,7 @@ cdef int _remove(LpmTable t, LpmNode *root, uint64_t hi, uint64_t lo, int plen,
             if not (lf.plen == plen and lf.hi == hi and lf.lo == lo):
                 return 0
             old[0] = lf.value
-            _del_kid(node, o)
+            _del_kid(t, node, o)
             _leaf_free(t, lf)
             break
         path[d] = node
@@ -485,7 +496,7 @@ cdef int _remove(LpmTable t, LpmNode *root, uint64_t hi, uint64_t lo, int plen,
         o = po[d - 1]
         r = _rank(parent.kid, o)
         if node.npfx + node.nkid == 0:
-            _del_kid(parent, o)
+            _del_kid(t, parent, o)
             _node_free_shallow(t, node)
         elif node.npfx == 0 and node.nkid == 1 and _is_leaf(node.kids[0]):
             parent.kids[r] = node.kids[0]
@@ -560,17 +571,17 @@ cdef int _parse_v4_text(str s, uint64_t *hi) except -1:
         return 0
     for i in range(n):
         c = s[i]
-        if c == u'.':
+        if c == 46:      # '.'
             if digits == 0 or parts == 3:
                 return 0
             v = (v << 8) | <uint64_t>part
             parts += 1
             part = 0
             digits = 0
-        elif u'0' <= c <= u'9':
+        elif 48 <= c <= 57:
             if digits and part == 0:
                 return 0     # leading zero: let ipaddress decide (it rejects them)
-            part = part * 10 + <int>(c - u'0')
+            part = part * 10 + <int>c - 48
             digits += 1
             if part > 255:
                 return 0
