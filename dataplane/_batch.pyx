@@ -19,8 +19,6 @@ from enum import IntEnum
 
 from libc.string cimport memcpy, memset
 
-cimport cython
-
 
 class DropReason(IntEnum):
     """Per-slot status; OK is alive, every other value names why the slot was dropped."""

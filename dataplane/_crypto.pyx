@@ -24,8 +24,8 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
 from dataplane._batch cimport (
-    PacketBatch, ST_OK, ST_TOO_SHORT, ST_BAD_TYPE, ST_REPLAY, ST_BAD_TAG, ST_COUNTER_LIMIT, ST_NO_ROOM,
-    ST_CRYPTO_ERROR,
+    PacketBatch, ST_OK, ST_TOO_SHORT, ST_BAD_TYPE, ST_REPLAY, ST_BAD_TAG, ST_COUNTER_LIMIT,
+    ST_NO_ROOM, ST_CRYPTO_ERROR,
 )
 from dataplane._libcrypto cimport (
     EVP_CIPHER_CTX, EVP_CIPHER_CTX_new, EVP_CIPHER_CTX_free, EVP_CIPHER_CTX_ctrl,
@@ -403,15 +403,19 @@ cdef inline uint32_t rotl32(uint32_t v, int c) noexcept nogil:
 
 
 cdef inline void quarter_round(uint32_t* x, int a, int b, int c, int d) noexcept nogil:
-    x[a] += x[b]; x[d] = rotl32(x[d] ^ x[a], 16)
-    x[c] += x[d]; x[b] = rotl32(x[b] ^ x[c], 12)
-    x[a] += x[b]; x[d] = rotl32(x[d] ^ x[a], 8)
-    x[c] += x[d]; x[b] = rotl32(x[b] ^ x[c], 7)
+    x[a] += x[b]
+    x[d] = rotl32(x[d] ^ x[a], 16)
+    x[c] += x[d]
+    x[b] = rotl32(x[b] ^ x[c], 12)
+    x[a] += x[b]
+    x[d] = rotl32(x[d] ^ x[a], 8)
+    x[c] += x[d]
+    x[b] = rotl32(x[b] ^ x[c], 7)
 
 
 cdef void hchacha20_c(uint8_t* out, const uint8_t* key, const uint8_t* nonce) noexcept nogil:
     cdef uint32_t x[16]
-    cdef int i
+    cdef int i, _
     # "expand 32-byte k"
     x[0] = 0x61707865
     x[1] = 0x3320646e
@@ -421,7 +425,7 @@ cdef void hchacha20_c(uint8_t* out, const uint8_t* key, const uint8_t* nonce) no
         x[4 + i] = load_le32(key + 4 * i)
     for i in range(4):
         x[12 + i] = load_le32(nonce + 4 * i)
-    for i in range(10):
+    for _ in range(10):  # 20 rounds: column then diagonal
         quarter_round(x, 0, 4, 8, 12)
         quarter_round(x, 1, 5, 9, 13)
         quarter_round(x, 2, 6, 10, 14)
