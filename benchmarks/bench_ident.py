@@ -5,7 +5,7 @@ Groups (compare within a group; each round handles one batch of N = 128 packets)
                    of 128 64-byte decrypted IPv4 plaintexts (49-byte packet + zero padding)
                    | the same through ``classify_datagram`` / ``unpad_packet`` (baseline)
   classify-mix-64: ``classify`` of a mixed batch (data, handshakes, disco, STUN, 16 Geneve)
-                   (72-byte Geneve) with the Geneve offsets restored between rounds | the model (baseline)
+                   (72-byte Geneve), offsets restored between rounds | the model (baseline)
 
 packets/s = N / mean (and / median) round time, stored in each result's ``extra_info``.
 
@@ -38,8 +38,19 @@ def wg_data(size: int = 64) -> bytes:
 
 
 def plaintext_v4(size: int = 64, ip_len: int = 49) -> bytes:
-    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, ip_len, 1, 0, 64, 17, 0,
-                      bytes([100, 64, 0, 1]), bytes([100, 64, 0, 2]))
+    hdr = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45,
+        0,
+        ip_len,
+        1,
+        0,
+        64,
+        17,
+        0,
+        bytes([100, 64, 0, 1]),
+        bytes([100, 64, 0, 2]),
+    )
     return hdr + os.urandom(ip_len - 20) + bytes(size - ip_len)
 
 

@@ -42,6 +42,7 @@ STUN_COOKIE = 0x2112A442
 
 # --- builders ---------------------------------------------------------------------------
 
+
 def wg(msg_type: int, length: int, fill: int | None = None) -> bytes:
     """A WireGuard-shaped message: type, three zero reserved bytes, then filler."""
     body = os.urandom(length - 4) if fill is None else bytes([fill]) * (length - 4)
@@ -52,15 +53,29 @@ def disco(length: int = 62 + 16 + 2 + 44) -> bytes:
     return DISCO_MAGIC + os.urandom(length - len(DISCO_MAGIC))
 
 
-def stun(msg_type: int = 0x0001, body: bytes = b"", length_field: int | None = None,
-         cookie: int = STUN_COOKIE) -> bytes:
+def stun(
+    msg_type: int = 0x0001,
+    body: bytes = b"",
+    length_field: int | None = None,
+    cookie: int = STUN_COOKIE,
+) -> bytes:
     n = len(body) if length_field is None else length_field
     return struct.pack("!HHI", msg_type, n, cookie) + os.urandom(12) + body
 
 
-def geneve(proto: int, payload: bytes, *, opt_len: int = 0, vni: int = 0x123456,
-           control: bool = False, critical: bool = False, version: int = 0,
-           reserved: int = 0, trailer: int = 0, options: bytes | None = None) -> bytes:
+def geneve(
+    proto: int,
+    payload: bytes,
+    *,
+    opt_len: int = 0,
+    vni: int = 0x123456,
+    control: bool = False,
+    critical: bool = False,
+    version: int = 0,
+    reserved: int = 0,
+    trailer: int = 0,
+    options: bytes | None = None,
+) -> bytes:
     byte0 = (version << 6) | opt_len
     byte1 = (control << 7) | (critical << 6) | reserved
     header = bytes([byte0, byte1]) + proto.to_bytes(2, "big") + vni.to_bytes(3, "big")
@@ -84,8 +99,9 @@ def verdict_of(datagram: bytes) -> Verdict:
     return Verdict(batch.status_of(0), kinds[0], strip, vnis[0])
 
 
-def check(datagram: bytes, status: DropReason, kind: int = 0, header_len: int = 0,
-          vni: int = 0) -> None:
+def check(
+    datagram: bytes, status: DropReason, kind: int = 0, header_len: int = 0, vni: int = 0
+) -> None:
     expected = Verdict(status, kind, header_len, vni)
     assert classify_datagram(datagram) == expected
     assert verdict_of(datagram) == expected
@@ -106,8 +122,9 @@ NAKED = [
     pytest.param(disco(124), Kind.DISCO, id="disco-ping"),
     pytest.param(stun(0x0001), Kind.STUN, id="stun-request"),
     pytest.param(stun(0x0101, STUN_BODY), Kind.STUN, id="stun-success"),
-    pytest.param(stun(0x0111, b"\x00\x09\x00\x04" + b"\x00\x00\x04\x00"), Kind.STUN,
-                 id="stun-error"),
+    pytest.param(
+        stun(0x0111, b"\x00\x09\x00\x04" + b"\x00\x00\x04\x00"), Kind.STUN, id="stun-error"
+    ),
 ]
 
 
@@ -150,8 +167,9 @@ NEAR_MISSES = [
     pytest.param(stun(0x0003), UNCL, id="stun-allocate"),
     pytest.param(stun(0x0101, STUN_BODY, length_field=16), SHORT, id="stun-length-past-end"),
     pytest.param(stun(0x0101, STUN_BODY, length_field=8), UNCL, id="stun-trailing-bytes"),
-    pytest.param(stun(0x0101, STUN_BODY + b"\0\0", length_field=14), UNCL,
-                 id="stun-length-not-multiple-of-4"),
+    pytest.param(
+        stun(0x0101, STUN_BODY + b"\0\0", length_field=14), UNCL, id="stun-length-not-multiple-of-4"
+    ),
     pytest.param(stun(0x0101, STUN_BODY)[:-1], SHORT, id="stun-one-short"),
     pytest.param(stun(0x0001)[:19], SHORT, id="stun-header-truncated"),
     pytest.param(disco(61), SHORT, id="disco-header-one-short"),
@@ -198,18 +216,23 @@ def test_geneve_wrapped_kinds_are_stripped_in_place(proto, inner, kind, opt_len)
 
 
 def test_geneve_control_bit_is_accepted_for_disco_only():
-    check(geneve(GENEVE_PROTO_DISCO, disco(), control=True, vni=7), OK,
-          Kind.DISCO | GENEVE | GENEVE_CONTROL, 8, 7)
+    check(
+        geneve(GENEVE_PROTO_DISCO, disco(), control=True, vni=7),
+        OK,
+        Kind.DISCO | GENEVE | GENEVE_CONTROL,
+        8,
+        7,
+    )
     check(geneve(GENEVE_PROTO_WIREGUARD, wg(4, 64), control=True), UNCL)
 
 
 GENEVE_MISSES = [
     pytest.param(geneve(GENEVE_PROTO_WIREGUARD, wg(4, 64), version=1), UNCL, id="version-1"),
     pytest.param(geneve(GENEVE_PROTO_DISCO, disco(), version=3), UNCL, id="version-3"),
-    pytest.param(geneve(GENEVE_PROTO_WIREGUARD, wg(4, 64), critical=True), UNCL,
-                 id="critical-options"),
-    pytest.param(geneve(GENEVE_PROTO_WIREGUARD, wg(4, 64), reserved=1), UNCL,
-                 id="reserved-bits"),
+    pytest.param(
+        geneve(GENEVE_PROTO_WIREGUARD, wg(4, 64), critical=True), UNCL, id="critical-options"
+    ),
+    pytest.param(geneve(GENEVE_PROTO_WIREGUARD, wg(4, 64), reserved=1), UNCL, id="reserved-bits"),
     pytest.param(geneve(GENEVE_PROTO_DISCO, disco(), trailer=1), UNCL, id="trailer-byte"),
     pytest.param(geneve(0x6558, wg(4, 64)), UNCL, id="protocol-ethernet"),
     pytest.param(geneve(0x0800, wg(4, 64)), UNCL, id="protocol-ipv4"),
@@ -218,17 +241,24 @@ GENEVE_MISSES = [
     pytest.param(geneve(GENEVE_PROTO_WIREGUARD, disco()), UNCL, id="wg-proto-disco-payload"),
     pytest.param(geneve(GENEVE_PROTO_WIREGUARD, stun()), UNCL, id="wg-proto-stun-payload"),
     pytest.param(geneve(GENEVE_PROTO_DISCO, stun()), UNCL, id="disco-proto-stun-payload"),
-    pytest.param(geneve(GENEVE_PROTO_WIREGUARD, b"", opt_len=63, options=bytes(200)), SHORT,
-                 id="options-past-end"),
-    pytest.param(geneve(GENEVE_PROTO_WIREGUARD, b"", opt_len=1, options=b""), SHORT,
-                 id="options-missing"),
+    pytest.param(
+        geneve(GENEVE_PROTO_WIREGUARD, b"", opt_len=63, options=bytes(200)),
+        SHORT,
+        id="options-past-end",
+    ),
+    pytest.param(
+        geneve(GENEVE_PROTO_WIREGUARD, b"", opt_len=1, options=b""), SHORT, id="options-missing"
+    ),
     pytest.param(geneve(GENEVE_PROTO_WIREGUARD, wg(4, 64))[:-1], UNCL, id="payload-one-short"),
     pytest.param(geneve(GENEVE_PROTO_WIREGUARD, wg(1, 147)), SHORT, id="initiation-one-short"),
     pytest.param(geneve(GENEVE_PROTO_WIREGUARD, wg(4, 31)), SHORT, id="data-too-short"),
     pytest.param(geneve(GENEVE_PROTO_DISCO, disco(61)), SHORT, id="disco-header-one-short"),
     pytest.param(geneve(GENEVE_PROTO_WIREGUARD, b""), SHORT, id="header-only"),
-    pytest.param(geneve(GENEVE_PROTO_WIREGUARD, geneve(GENEVE_PROTO_WIREGUARD, wg(4, 64))),
-                 UNCL, id="nested-geneve"),
+    pytest.param(
+        geneve(GENEVE_PROTO_WIREGUARD, geneve(GENEVE_PROTO_WIREGUARD, wg(4, 64))),
+        UNCL,
+        id="nested-geneve",
+    ),
 ]
 
 
@@ -254,10 +284,18 @@ def test_naked_formats_never_parse_as_geneve():
 
 # --- batch behaviour ----------------------------------------------------------------------
 
+
 def mixed():
-    return [wg(4, 64), bytes(5), disco(), wg(1, 148), stun(0x0101, STUN_BODY),
-            geneve(GENEVE_PROTO_WIREGUARD, wg(4, 48), vni=9), wg(2, 93),
-            geneve(GENEVE_PROTO_DISCO, disco(), control=True, vni=1)]
+    return [
+        wg(4, 64),
+        bytes(5),
+        disco(),
+        wg(1, 148),
+        stun(0x0101, STUN_BODY),
+        geneve(GENEVE_PROTO_WIREGUARD, wg(4, 48), vni=9),
+        wg(2, 93),
+        geneve(GENEVE_PROTO_DISCO, disco(), control=True, vni=1),
+    ]
 
 
 def test_batch_matches_model_slot_by_slot():
@@ -270,7 +308,7 @@ def test_batch_matches_model_slot_by_slot():
         assert vnis[i] == v.vni
         assert batch.offset(i) == batch.headroom + v.header_len
         if v.status == OK:
-            assert bytes(batch[i]) == d[v.header_len:]
+            assert bytes(batch[i]) == d[v.header_len :]
 
 
 def test_dropped_slots_are_left_alone():
@@ -289,11 +327,17 @@ def test_dropped_slots_are_left_alone():
 
 def test_classify_is_idempotent_on_naked_and_strips_geneve_once():
     batch, kinds, _ = run(mixed())
-    before = ([int(s) for s in batch.statuses], bytes(kinds), [batch.offset(i) for i in
-                                                              range(len(batch))])
+    before = (
+        [int(s) for s in batch.statuses],
+        bytes(kinds),
+        [batch.offset(i) for i in range(len(batch))],
+    )
     k2 = classify(batch)
-    after = ([int(s) for s in batch.statuses], bytes(k2), [batch.offset(i) for i in
-                                                          range(len(batch))])
+    after = (
+        [int(s) for s in batch.statuses],
+        bytes(k2),
+        [batch.offset(i) for i in range(len(batch))],
+    )
     # Geneve slots are now naked payloads: same base kind, flags gone, no further strip.
     assert before[0] == after[0] and before[2] == after[2]
     assert [k & ~(GENEVE | GENEVE_CONTROL) for k in before[1]] == list(after[1])
@@ -309,7 +353,7 @@ def test_kinds_buffer_reuse_and_errors():
         classify(batch, bytes(len(batch)))  # read-only
     big = bytearray(500)
     assert classify(batch, big) is big
-    assert big[len(batch):] == bytes(500 - len(batch))
+    assert big[len(batch) :] == bytes(500 - len(batch))
     assert bytes(classify(PacketBatch(capacity=4))) == b""
 
 
@@ -350,8 +394,9 @@ def test_consume_marks_and_returns_the_wanted_kinds():
     taken = consume(batch, kinds, {Kind.DISCO}, DropReason.DISCO)
     assert taken == [2, 7]
     assert [batch.status_of(i) for i in taken] == [DropReason.DISCO] * 2
-    hs = consume(batch, kinds, [Kind.WG_INITIATION, Kind.WG_RESPONSE, Kind.WG_COOKIE],
-                 DropReason.HANDSHAKE)
+    hs = consume(
+        batch, kinds, [Kind.WG_INITIATION, Kind.WG_RESPONSE, Kind.WG_COOKIE], DropReason.HANDSHAKE
+    )
     assert hs == [3]
     assert consume(batch, kinds, {Kind.DISCO}, DropReason.DISCO) == []  # already taken
     assert batch.alive() == [0, 4, 5]
@@ -365,6 +410,7 @@ def test_consume_marks_and_returns_the_wanted_kinds():
 
 
 # --- unpad --------------------------------------------------------------------------------
+
 
 def ipv4(payload_len: int, ihl: int = 5, total: int | None = None) -> bytes:
     hdr = bytearray(4 * ihl)
@@ -431,7 +477,12 @@ def test_unpad_batch_skips_dropped_slots_and_counts_survivors():
     batch.set_status(4, DropReason.SOURCE_FILTER)
     assert unpad(batch) == 2
     assert [batch.status_of(i) for i in range(5)] == [
-        OK, DropReason.KEEPALIVE, OK, DropReason.BAD_IP, DropReason.SOURCE_FILTER]
+        OK,
+        DropReason.KEEPALIVE,
+        OK,
+        DropReason.BAD_IP,
+        DropReason.SOURCE_FILTER,
+    ]
     assert list(batch.length_array) == [27, 0, 43, 4, 32]
     assert unpad(batch) == 2  # idempotent
     assert unpad(PacketBatch()) == 0
@@ -439,12 +490,14 @@ def test_unpad_batch_skips_dropped_slots_and_counts_survivors():
 
 # --- properties ---------------------------------------------------------------------------
 
-SAMPLES = [p.values[0] for p in NAKED] + [p.values[1] for p in INNER] + [
-    geneve(proto, inner, opt_len=2) for proto, inner, _ in (p.values for p in INNER)]
+SAMPLES = (
+    [p.values[0] for p in NAKED]
+    + [p.values[1] for p in INNER]
+    + [geneve(proto, inner, opt_len=2) for proto, inner, _ in (p.values for p in INNER)]
+)
 SAMPLES_BY_KIND = [geneve(GENEVE_PROTO_DISCO, disco(), control=True)] + SAMPLES
 
-FEW = settings(max_examples=300, deadline=None,
-               suppress_health_check=[HealthCheck.too_slow])
+FEW = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def agree(datagrams) -> None:
@@ -455,7 +508,7 @@ def agree(datagrams) -> None:
         assert got == v, (i, d.hex())
         assert v.status in (OK, SHORT, UNCL)
         assert (v.status == OK) == (v.kind != 0)
-        assert bytes(batch[i]) == d[v.header_len:]
+        assert bytes(batch[i]) == d[v.header_len :]
 
 
 def test_truncation_at_every_offset_agrees_with_model():
@@ -501,7 +554,7 @@ def ip_like(draw):
         # a plausible length field, near the real size
         want = max(0, len(body) - draw(st.integers(-2, 20)) - (40 if version == 6 else 0))
         at = 4 if version == 6 else 2
-        body[at:at + 2] = min(want, 0xFFFF).to_bytes(2, "big")
+        body[at : at + 2] = min(want, 0xFFFF).to_bytes(2, "big")
     return bytes(body)
 
 
