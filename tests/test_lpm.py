@@ -368,3 +368,36 @@ def test_large_random_table_matches_sorted_model():
         assert t.lookup(q.to_bytes(4, "big")) == want
     # Memory stays proportional to the prefix count (a few tens of bytes per prefix).
     assert t.memory_bytes() < 200 * len(t)
+
+
+def test_interleaved_paths_agree_across_chunks():
+    """Batch and packed lookups over >256 addresses (several chunks, all lanes busy)."""
+    import random
+
+    rng = random.Random(11)
+    t = LpmTable()
+    for i in range(3000):
+        v = rng.choice([4, 6])
+        bits = 32 if v == 4 else 128
+        plen = rng.randint(0, bits)
+        a = rng.getrandbits(bits) & (((1 << plen) - 1) << (bits - plen))
+        t.insert((a.to_bytes(bits // 8, "big"), plen), i)
+    stored = [(int(n.network_address), n.version, n.prefixlen) for n, _ in t.items()]
+    pkts, want = [], []
+    for _ in range(700):
+        a, v, plen = rng.choice(stored)
+        bits = 32 if v == 4 else 128
+        q = a | (rng.getrandbits(bits - plen) if plen < bits else 0)
+        if rng.random() < 0.3:
+            q = rng.getrandbits(bits)
+        pkts.append(ipv4_packet(1, q) if v == 4 else ipv6_packet(1, q))
+        want.append(t.lookup(q.to_bytes(bits // 8, "big"), -1))
+    batch = PacketBatch.from_packets(pkts, capacity=len(pkts))
+    out = array.array("i", [0] * len(pkts))
+    assert t.lookup_batch(batch, out) == sum(w >= 0 for w in want)
+    assert list(out) == want
+    v4 = [p for p in pkts if p[0] >> 4 == 4]
+    packed = b"".join(p[16:20] for p in v4)
+    out4 = array.array("i", [0] * len(v4))
+    t.lookup_packed(packed, 4, out4)
+    assert list(out4) == [w for p, w in zip(pkts, want) if p[0] >> 4 == 4]

@@ -53,5 +53,8 @@ cdef class LpmTable:
     cdef int _check_mutable(self) except -1
 
 
+cdef void batch_lookup(LpmTable t, PacketBatch batch, bint source,
+                       int32_t *out) noexcept nogil
+
 cdef int read_ip_addr(const uint8_t *pkt, Py_ssize_t n, bint source,
                       uint64_t *hi, uint64_t *lo) noexcept nogil

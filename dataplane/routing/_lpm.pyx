@@ -60,7 +60,9 @@ cdef extern from *:
     static inline int dp_popcount64(unsigned long long x) { return __builtin_popcountll(x); }
     static inline int dp_clz64(unsigned long long x) { return __builtin_clzll(x); }
     static inline int dp_ctz64(unsigned long long x) { return __builtin_ctzll(x); }
+    static inline void dp_prefetch(const void *p) { __builtin_prefetch(p); }
     """
+    void dp_prefetch(const void *p) nogil
     int dp_popcount64(unsigned long long x) nogil
     int dp_clz64(unsigned long long x) nogil
     int dp_ctz64(unsigned long long x) nogil
@@ -558,6 +560,107 @@ cdef int32_t _lookup(const LpmNode *root, uint64_t hi, uint64_t lo) noexcept nog
     return LPM_NONE
 
 
+# Interleaved lookups. One lookup is a chain of dependent loads (node header, child
+# slot, leaf, value); for a table larger than the caches each is a miss, so a lone
+# lookup costs a few memory latencies and the core idles. _lookup_many keeps _LANES
+# lookups in flight, advances each by one load per round and prefetches the address it
+# will read next, so the misses of different lookups overlap (the "AMAC" technique).
+# Same answers as _lookup, which tests check; it tracks the best in-node match on the
+# way down (a pointer, its value read once at the end) instead of backtracking.
+
+cdef enum:
+    _LANES = 16
+    _P_NODE = 0      # node header prefetched: match inside the node, pick the child slot
+    _P_SLOT = 1      # child slot prefetched: follow it to a node or a leaf
+    _P_LEAF = 2      # leaf prefetched: it matches or the best in-node match stands
+    _P_DONE = 3      # best-value pointer prefetched: write the result
+    _P_IDLE = 4
+    _CHUNK = 256     # addresses parsed and looked up per round (stack arrays)
+
+
+cdef inline void _prefetch_node(const LpmNode *n) noexcept nogil:
+    dp_prefetch(n)
+    dp_prefetch((<const char *>n) + 64)
+
+
+cdef void _lookup_many(const LpmNode *root, const uint64_t *his, const uint64_t *los,
+                       int32_t *out, Py_ssize_t n) noexcept nogil:
+    cdef const LpmNode *node[_LANES]
+    cdef void **slot[_LANES]
+    cdef const int32_t *best[_LANES]
+    cdef const LpmLeaf *leaf[_LANES]
+    cdef Py_ssize_t key[_LANES]
+    cdef int depth[_LANES]
+    cdef int phase[_LANES]
+    cdef Py_ssize_t nxt = 0
+    cdef int active = 0
+    cdef int j, o, idx
+    cdef void *k
+    cdef const LpmNode *nd
+    for j in range(_LANES):
+        if nxt < n:
+            key[j] = nxt
+            nxt += 1
+            node[j] = root
+            depth[j] = 0
+            best[j] = NULL
+            phase[j] = _P_NODE
+            active += 1
+        else:
+            phase[j] = _P_IDLE
+    while active:
+        for j in range(_LANES):
+            if phase[j] == _P_NODE:
+                nd = node[j]
+                o = _octet(his[key[j]], los[key[j]], depth[j])
+                if nd.npfx:
+                    idx = _highest_common(nd.pfx, _ANC[o])
+                    if idx >= 0:
+                        best[j] = &nd.vals[_rank(nd.pfx, idx)]
+                if _bit(nd.kid, o):
+                    slot[j] = &nd.kids[_rank(nd.kid, o)]
+                    dp_prefetch(slot[j])
+                    phase[j] = _P_SLOT
+                    continue
+                if best[j] != NULL:
+                    dp_prefetch(best[j])
+                phase[j] = _P_DONE
+            elif phase[j] == _P_SLOT:
+                k = slot[j][0]
+                if _is_leaf(k):
+                    leaf[j] = _as_leaf(k)
+                    dp_prefetch(leaf[j])
+                    phase[j] = _P_LEAF
+                else:
+                    node[j] = <const LpmNode *>k
+                    _prefetch_node(node[j])
+                    depth[j] += 1
+                    phase[j] = _P_NODE
+            elif phase[j] == _P_LEAF:
+                if _leaf_covers(leaf[j], his[key[j]], los[key[j]]):
+                    out[key[j]] = leaf[j].value
+                    phase[j] = _P_IDLE
+                else:
+                    if best[j] != NULL:
+                        dp_prefetch(best[j])
+                    phase[j] = _P_DONE
+            elif phase[j] == _P_DONE:
+                out[key[j]] = best[j][0] if best[j] != NULL else LPM_NONE
+                phase[j] = _P_IDLE
+            else:
+                continue
+            if phase[j] == _P_IDLE:
+                if nxt < n:
+                    key[j] = nxt
+                    nxt += 1
+                    node[j] = root
+                    depth[j] = 0
+                    best[j] = NULL
+                    phase[j] = _P_NODE
+                else:
+                    active -= 1
+
+
 # ---------------------------------------------------------------------------------------
 # Python-side key parsing
 
@@ -937,38 +1040,26 @@ cdef class LpmTable:
         """
         cdef Py_ssize_t n = batch.count
         cdef Py_ssize_t i, hits = 0
-        cdef int fam
-        cdef uint64_t hi, lo
-        cdef int32_t v
         if out.shape[0] < n:
             raise ValueError(f"out has {out.shape[0]} entries, batch has {n} packets")
-        # Reads the slab/offsets/lengths and this (frozen or caller-owned) trie; writes
-        # out[] and status[] of this batch. No Python object is touched.
+        if n == 0:
+            return 0
+        # Reads the slab/offsets/lengths/status of this batch and this trie (frozen, or
+        # owned by the caller); writes out[] and status[]. No Python object is touched.
         with nogil:
+            batch_lookup(self, batch, source, &out[0])
             for i in range(n):
-                if batch.status[i] != ST_OK:
-                    out[i] = LPM_NONE
-                    continue
-                fam = read_ip_addr(batch.pkt_ptr(i), batch.lengths[i], source, &hi, &lo)
-                if fam == 4:
-                    v = _lookup(self.root4, hi, 0)
-                elif fam == 6:
-                    v = _lookup(self.root6, hi, lo)
-                else:
-                    batch.status[i] = ST_BAD_IP
-                    out[i] = LPM_NONE
-                    continue
-                if v >= 0:
+                if out[i] >= 0:
                     hits += 1
-                out[i] = v
         return hits
 
     def lookup_packed(self, const uint8_t[::1] addrs, int family, int32_t[::1] out):
         """LPM for n packed addresses (4*n bytes for IPv4, 16*n for IPv6) into out[:n]."""
         cdef Py_ssize_t width = 4 if family == 4 else 16
-        cdef Py_ssize_t n, i
+        cdef Py_ssize_t n, i, base, m
         cdef const uint8_t *a
-        cdef uint64_t hi, lo
+        cdef uint64_t his[_CHUNK]
+        cdef uint64_t los[_CHUNK]
         cdef int k
         if family not in (4, 6):
             raise ValueError(f"family must be 4 or 6, got {family}")
@@ -980,19 +1071,72 @@ cdef class LpmTable:
         if n == 0:
             return 0
         with nogil:
-            if family == 4:
-                for i in range(n):
-                    a = &addrs[4 * i]
-                    hi = ((<uint64_t>a[0] << 56) | (<uint64_t>a[1] << 48)
-                          | (<uint64_t>a[2] << 40) | (<uint64_t>a[3] << 32))
-                    out[i] = _lookup(self.root4, hi, 0)
-            else:
-                for i in range(n):
-                    a = &addrs[16 * i]
-                    hi = 0
-                    lo = 0
-                    for k in range(8):
-                        hi = (hi << 8) | a[k]
-                        lo = (lo << 8) | a[k + 8]
-                    out[i] = _lookup(self.root6, hi, lo)
+            base = 0
+            while base < n:
+                m = n - base if n - base < _CHUNK else _CHUNK
+                for i in range(m):
+                    a = &addrs[width * (base + i)]
+                    if family == 4:
+                        his[i] = ((<uint64_t>a[0] << 56) | (<uint64_t>a[1] << 48)
+                                  | (<uint64_t>a[2] << 40) | (<uint64_t>a[3] << 32))
+                        los[i] = 0
+                    else:
+                        his[i] = 0
+                        los[i] = 0
+                        for k in range(8):
+                            his[i] = (his[i] << 8) | a[k]
+                            los[i] = (los[i] << 8) | a[k + 8]
+                _lookup_many(self.root4 if family == 4 else self.root6, his, los,
+                             &out[base], m)
+                base += m
         return n
+
+
+cdef void batch_lookup(LpmTable t, PacketBatch batch, bint source,
+                       int32_t *out) noexcept nogil:
+    """out[i] = LPM of slot i's address for alive slots, -1 otherwise; ST_BAD_IP if bad.
+
+    Slots are taken in chunks; each chunk's addresses are parsed, split by family and
+    looked up interleaved (_lookup_many), then scattered back.
+    """
+    cdef Py_ssize_t n = batch.count
+    cdef Py_ssize_t base = 0, i, m
+    cdef uint64_t his4[_CHUNK]
+    cdef uint64_t los4[_CHUNK]
+    cdef uint64_t his6[_CHUNK]
+    cdef uint64_t los6[_CHUNK]
+    cdef int32_t res4[_CHUNK]
+    cdef int32_t res6[_CHUNK]
+    cdef Py_ssize_t idx4[_CHUNK]
+    cdef Py_ssize_t idx6[_CHUNK]
+    cdef Py_ssize_t n4, n6
+    cdef int fam
+    while base < n:
+        m = n - base if n - base < _CHUNK else _CHUNK
+        n4 = 0
+        n6 = 0
+        for i in range(base, base + m):
+            out[i] = LPM_NONE
+            if batch.status[i] != ST_OK:
+                continue
+            fam = read_ip_addr(batch.pkt_ptr(i), batch.lengths[i], source, &his6[n6],
+                               &los6[n6])
+            if fam == 6:
+                idx6[n6] = i
+                n6 += 1
+            elif fam == 4:
+                his4[n4] = his6[n6]
+                los4[n4] = 0
+                idx4[n4] = i
+                n4 += 1
+            else:
+                batch.status[i] = ST_BAD_IP
+        if n4:
+            _lookup_many(t.root4, his4, los4, res4, n4)
+            for i in range(n4):
+                out[idx4[i]] = res4[i]
+        if n6:
+            _lookup_many(t.root6, his6, los6, res6, n6)
+            for i in range(n6):
+                out[idx6[i]] = res6[i]
+        base += m
