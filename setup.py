@@ -35,10 +35,17 @@ def openssl_flags() -> dict[str, list[str]]:
     prefix = os.environ.get("DATAPLANE_OPENSSL_DIR")
     if prefix:
         inc = os.path.join(prefix, "include")
-        libdirs = [d for d in (os.path.join(prefix, "lib"), os.path.join(prefix, "lib64"))
-                   if os.path.isdir(d)]
-        return {"include_dirs": [inc], "library_dirs": libdirs,
-                "libraries": ["crypto"], "runtime_library_dirs": libdirs}
+        libdirs = [
+            d
+            for d in (os.path.join(prefix, "lib"), os.path.join(prefix, "lib64"))
+            if os.path.isdir(d)
+        ]
+        return {
+            "include_dirs": [inc],
+            "library_dirs": libdirs,
+            "libraries": ["crypto"],
+            "runtime_library_dirs": libdirs,
+        }
     cflags = _pkg_config("--cflags")
     libs = _pkg_config("--libs")
     if cflags is not None and libs is not None:
@@ -48,8 +55,12 @@ def openssl_flags() -> dict[str, list[str]]:
             "libraries": [f[2:] for f in libs if f.startswith("-l")] or ["crypto"],
             "runtime_library_dirs": [],
         }
-    return {"include_dirs": [], "library_dirs": [], "libraries": ["crypto"],
-            "runtime_library_dirs": []}
+    return {
+        "include_dirs": [],
+        "library_dirs": [],
+        "libraries": ["crypto"],
+        "runtime_library_dirs": [],
+    }
 
 
 def check_headers(include_dirs: list[str]) -> None:

@@ -113,9 +113,7 @@ def test_repr_hides_key():
 # --- seal ------------------------------------------------------------------------------
 
 sizes = st.integers(min_value=0, max_value=MTU)
-packet_lists = st.lists(sizes, min_size=1, max_size=40).map(
-    lambda ns: [os.urandom(n) for n in ns]
-)
+packet_lists = st.lists(sizes, min_size=1, max_size=40).map(lambda ns: [os.urandom(n) for n in ns])
 fast = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -188,9 +186,7 @@ def test_counter_limit_on_send_and_receive():
         DropReason.COUNTER_LIMIT,
     ]
     # A forged-looking header at the limit is refused on receive before any crypto.
-    rx = PacketBatch.from_packets(
-        [struct.pack("<BxxxIQ", 4, 1, REJECT_AFTER_MESSAGES) + bytes(32)]
-    )
+    rx = PacketBatch.from_packets([struct.pack("<BxxxIQ", 4, 1, REJECT_AFTER_MESSAGES) + bytes(32)])
     assert ReceiveKey(key).open(rx, ReplayWindow(), 1) == 0
     assert rx.status_of(0) == DropReason.COUNTER_LIMIT
     with pytest.raises(ValueError):

@@ -8,10 +8,26 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parent.parent / "dataplane"
-SANS_IO = ["wireguard", "routing", "filter", "timers.py", "core.py", "_batch.pyx", "_crypto.pyx",
-           "_ident.pyx"]
-FORBIDDEN = {"threading", "time", "socket", "select", "selectors", "asyncio",
-             "dataplane.driver", "dataplane.transport"}
+SANS_IO = [
+    "wireguard",
+    "routing",
+    "filter",
+    "timers.py",
+    "core.py",
+    "_batch.pyx",
+    "_crypto.pyx",
+    "_ident.pyx",
+]
+FORBIDDEN = {
+    "threading",
+    "time",
+    "socket",
+    "select",
+    "selectors",
+    "asyncio",
+    "dataplane.driver",
+    "dataplane.transport",
+}
 
 
 def sans_io_files() -> list[Path]:
@@ -29,8 +45,11 @@ def imported_modules(path: Path) -> set[str]:
     source = path.read_text()
     if path.suffix == ".pyx":
         # Cython syntax is not Python; the import lines are, so parse just those.
-        lines = [ln.strip() for ln in source.splitlines()
-                 if ln.strip().startswith(("import ", "from ")) and " cimport " not in ln]
+        lines = [
+            ln.strip()
+            for ln in source.splitlines()
+            if ln.strip().startswith(("import ", "from ")) and " cimport " not in ln
+        ]
         source = "\n".join(ln for ln in lines if not ln.endswith(("(", ",")))
     mods: set[str] = set()
     for node in ast.walk(ast.parse(source)):
@@ -47,6 +66,9 @@ def test_there_are_files_to_check():
 
 @pytest.mark.parametrize("path", sans_io_files(), ids=lambda p: str(p.relative_to(PKG)))
 def test_sans_io_layer_imports_no_io(path: Path):
-    bad = {m for m in imported_modules(path)
-           if m in FORBIDDEN or any(m.startswith(f + ".") for f in FORBIDDEN)}
+    bad = {
+        m
+        for m in imported_modules(path)
+        if m in FORBIDDEN or any(m.startswith(f + ".") for f in FORBIDDEN)
+    }
     assert not bad, f"{path.relative_to(PKG)} imports {sorted(bad)}"

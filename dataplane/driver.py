@@ -1,0 +1,383 @@
+"""ThreadedDataPlane: the two-phase SELECT/UPDATE driver around the synchronous core.
+
+Theory of operation (the seed's async driver, with threads):
+
+* SELECT waits on one ``threading.Condition`` for the first of: a batch from an overlay
+  transport, a batch from an underlay transport, a change of transports or configuration,
+  or the core's next timer deadline. It never holds the core lock, so callers can add
+  transports or update the core at any time without waiting for traffic or a timer. With
+  no deadline it still wakes after ``MAX_IDLE_SLEEP`` (5 s) and never sooner: no busy spin.
+* UPDATE takes the core lock, hands the one input to the core (``process_outbound`` /
+  ``process_inbound`` / ``process_events``), also runs due timers so a flood of input
+  cannot starve them, and writes the outputs to the per-transport output queues.
+
+Locks: ``_cond`` (its own lock) guards the input queues and the wake flags; ``_core_lock``
+guards the core and the transport tables. Neither is held while waiting for the other's
+holder to do I/O, and transports never take ``_core_lock``. All queues are bounded and
+drop (tail drop) rather than block; every drop is counted. Overlay and underlay inputs are
+served alternately so neither direction starves the other.
+
+Threads: ``start()`` runs ``run()`` on a named thread; ``spawn()`` runs a transport's loop
+on a named thread owned by the driver. ``close()`` stops and joins them all. An exception
+in any of them is logged, recorded in ``errors`` and re-raised by ``raise_if_failed()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from dataplane.queues import DEFAULT_DEPTH, BatchQueue
+from dataplane.results import Endpoint, Output
+
+log = logging.getLogger(__name__)
+
+MAX_IDLE_SLEEP = 5.0
+"""Longest SELECT wait when the core has no timer scheduled (seconds).
+
+A real deadline is always slept to exactly, however far; this floor only guarantees that a
+driver with nothing scheduled still re-checks the core now and then instead of blocking
+forever on I/O."""
+
+
+def next_wakeup(
+    deadline: float | None, now: float, max_idle_sleep: float = MAX_IDLE_SLEEP
+) -> float:
+    """When SELECT should give up waiting for input: the deadline itself, or the idle floor."""
+    if deadline is not None:
+        return deadline
+    return now + max_idle_sleep
+
+
+class Core(Protocol):
+    """What the driver needs of the synchronous core (``dataplane.core.DataPlane``)."""
+
+    def next_event(self) -> float | None: ...
+    def process_outbound(self, now: float, overlay_id: int, batch: Any) -> Output: ...
+    def process_inbound(self, now: float, underlay_id: int, batch: Any) -> Output: ...
+    def process_events(self, now: float) -> Output: ...
+
+
+class TransportFailed(RuntimeError):
+    """A thread owned by the driver (the driver loop or a transport) raised."""
+
+
+@dataclass
+class InputPort:
+    """The end of the driver's input queue that one transport writes to."""
+
+    transport_id: int
+    _queue: BatchQueue[tuple[int, Any]]
+
+    def put(self, batch: Any) -> bool:
+        """Hand a batch to the driver; False (and counted) if the input queue is full."""
+        return self._queue.put((self.transport_id, batch))
+
+
+@dataclass
+class UnderlayHandle:
+    """What an underlay transport gets: its id, the datagrams to send, where to put received.
+
+    ``outgoing`` yields ``(endpoint, batch)`` items; ``incoming.put(batch)`` takes batches of
+    received datagrams whose per-slot endpoints are set.
+    """
+
+    id: int
+    outgoing: BatchQueue[tuple[Endpoint, Any]]
+    incoming: InputPort
+
+
+@dataclass
+class OverlayHandle:
+    """What an overlay transport gets: its id, packets to deliver, where to put its packets."""
+
+    id: int
+    outgoing: BatchQueue[Any]
+    incoming: InputPort
+
+
+@dataclass
+class DriverStats:
+    steps: int = 0
+    outbound_batches: int = 0
+    inbound_batches: int = 0
+    event_rounds: int = 0
+    idle_wakeups: int = 0
+    # Outputs for transports that no longer exist, and outputs refused by full queues.
+    dropped_no_transport_batches: int = 0
+    dropped_no_transport_packets: int = 0
+    dropped_queue_full_batches: int = 0
+    dropped_queue_full_packets: int = 0
+
+
+def _packets(batch: Any) -> int:
+    try:
+        return len(batch)
+    except TypeError:
+        return 1
+
+
+class ThreadedDataPlane:
+    """Drive a synchronous core with threads; see the module docstring."""
+
+    def __init__(
+        self,
+        core: Core,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        queue_depth: int = DEFAULT_DEPTH,
+        max_idle_sleep: float = MAX_IDLE_SLEEP,
+        name: str = "dataplane",
+    ) -> None:
+        if max_idle_sleep <= 0:
+            raise ValueError("max_idle_sleep must be positive (else the driver would spin)")
+        self.name = name
+        self._core = core
+        self._clock = clock
+        self._queue_depth = queue_depth
+        self._max_idle_sleep = max_idle_sleep
+
+        self._cond = threading.Condition()
+        self._from_overlay: BatchQueue[tuple[int, Any]] = BatchQueue(
+            queue_depth, f"{name}-from-overlay", self._cond
+        )
+        self._from_underlay: BatchQueue[tuple[int, Any]] = BatchQueue(
+            queue_depth, f"{name}-from-underlay", self._cond
+        )
+        self._changed = False
+        self._stopping = False
+        self._prefer_underlay = False
+
+        self._core_lock = threading.RLock()
+        self._overlays: dict[int, BatchQueue[Any]] = {}
+        self._underlays: dict[int, BatchQueue[tuple[Endpoint, Any]]] = {}
+        self._next_overlay = 0
+        self._next_underlay = 0
+
+        self.disco: BatchQueue[tuple[int, Endpoint, bytes]] = BatchQueue(
+            queue_depth, f"{name}-disco"
+        )
+        self.stun: BatchQueue[tuple[int, Endpoint, bytes]] = BatchQueue(queue_depth, f"{name}-stun")
+        self.stats = DriverStats()
+        self.errors: list[BaseException] = []
+        self._threads: list[threading.Thread] = []
+        self._runner: threading.Thread | None = None
+
+    # -- transports ---------------------------------------------------------------------
+
+    def new_underlay_transport(self) -> UnderlayHandle:
+        """Register an underlay transport; safe at any time, also while ``run()`` waits."""
+        with self._core_lock:
+            tid = self._next_underlay
+            self._next_underlay += 1
+            out: BatchQueue[tuple[Endpoint, Any]] = BatchQueue(
+                self._queue_depth, f"{self.name}-underlay-{tid}"
+            )
+            self._underlays[tid] = out
+        self._wake()
+        return UnderlayHandle(tid, out, InputPort(tid, self._from_underlay))
+
+    def new_overlay_transport(self) -> OverlayHandle:
+        """Register an overlay transport; safe at any time, also while ``run()`` waits."""
+        with self._core_lock:
+            tid = self._next_overlay
+            self._next_overlay += 1
+            out: BatchQueue[Any] = BatchQueue(self._queue_depth, f"{self.name}-overlay-{tid}")
+            self._overlays[tid] = out
+        self._wake()
+        return OverlayHandle(tid, out, InputPort(tid, self._from_overlay))
+
+    def remove_underlay_transport(self, tid: int) -> None:
+        """Forget an underlay transport; later output for it is dropped and counted."""
+        with self._core_lock:
+            q = self._underlays.pop(tid, None)
+        if q is not None:
+            q.close()
+        self._wake()
+
+    def remove_overlay_transport(self, tid: int) -> None:
+        """Forget an overlay transport; later output for it is dropped and counted."""
+        with self._core_lock:
+            q = self._overlays.pop(tid, None)
+        if q is not None:
+            q.close()
+        self._wake()
+
+    # -- core access ----------------------------------------------------------------------
+
+    @contextmanager
+    def locked(self) -> Iterator[Any]:
+        """The core, locked, for table and peer updates; wakes a waiting SELECT after."""
+        with self._core_lock:
+            yield self._core
+        self._wake()
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._changed = True
+            self._cond.notify_all()
+
+    # -- the two-phase step ---------------------------------------------------------------
+
+    def step(self) -> str:
+        """One SELECT/UPDATE round; returns what woke it: overlay, underlay, changed, event,
+        idle or stopped."""
+        # A change signalled from here on must interrupt this SELECT; one signalled before is
+        # already reflected in the deadline read below.
+        with self._cond:
+            self._changed = False
+        with self._core_lock:
+            deadline = self._core.next_event()
+        now = self._clock()
+        wake_at = next_wakeup(deadline, now, self._max_idle_sleep)
+
+        # SELECT: the core is not locked here.
+        with self._cond:
+            while True:
+                if self._stopping:
+                    return "stopped"
+                item, kind = self._pick_input()
+                if item is not None:
+                    break
+                if self._changed:
+                    self._changed = False
+                    return "changed"
+                remaining = wake_at - self._clock()
+                if remaining <= 0:
+                    kind = "event" if deadline is not None else "idle"
+                    break
+                self._cond.wait(remaining)
+
+        # UPDATE: the core is locked, one input is processed, outputs are written.
+        with self._core_lock:
+            now = self._clock()
+            self.stats.steps += 1
+            if kind == "overlay":
+                assert item is not None
+                self.stats.outbound_batches += 1
+                out = self._core.process_outbound(now, item[0], item[1])
+            elif kind == "underlay":
+                assert item is not None
+                self.stats.inbound_batches += 1
+                out = self._core.process_inbound(now, item[0], item[1])
+            else:
+                out = Output()
+                if kind == "idle":
+                    self.stats.idle_wakeups += 1
+            due = self._core.next_event()
+            if due is not None and due <= now:
+                self.stats.event_rounds += 1
+                out.merge(self._core.process_events(now))
+            self._write(out)
+        return kind
+
+    def _pick_input(self) -> tuple[tuple[int, Any] | None, str]:
+        # Called with _cond held. Alternate directions when both have input.
+        order = (
+            (self._from_underlay, "underlay"),
+            (self._from_overlay, "overlay"),
+        )
+        if not self._prefer_underlay:
+            order = order[::-1]
+        for q, kind in order:
+            item = q._pop_locked()
+            if item is not None:
+                self._prefer_underlay = kind == "overlay"
+                return item, kind
+        return None, ""
+
+    def _write(self, out: Output) -> None:
+        # Called with _core_lock held; never blocks (queues tail-drop).
+        st = self.stats
+        for (tid, endpoint), batches in out.to_underlay.items():
+            uq = self._underlays.get(tid)
+            for batch in batches:
+                if uq is None:
+                    st.dropped_no_transport_batches += 1
+                    st.dropped_no_transport_packets += _packets(batch)
+                elif not uq.put((endpoint, batch)):
+                    st.dropped_queue_full_batches += 1
+                    st.dropped_queue_full_packets += _packets(batch)
+        for oid, batches in out.to_overlay.items():
+            oq = self._overlays.get(oid)
+            for batch in batches:
+                if oq is None:
+                    st.dropped_no_transport_batches += 1
+                    st.dropped_no_transport_packets += _packets(batch)
+                elif not oq.put(batch):
+                    st.dropped_queue_full_batches += 1
+                    st.dropped_queue_full_packets += _packets(batch)
+        for item in out.disco:
+            self.disco.put(item)
+        for item in out.stun:
+            self.stun.put(item)
+
+    # -- running ----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Step until ``close()``."""
+        while self.step() != "stopped":
+            pass
+
+    def start(self) -> ThreadedDataPlane:
+        """Run the driver loop on a named background thread."""
+        if self._runner is not None:
+            raise RuntimeError("driver already started")
+        self._runner = self.spawn(f"{self.name}-driver", self.run)
+        return self
+
+    def spawn(self, name: str, target: Callable[[], None]) -> threading.Thread:
+        """Run ``target`` on a named thread that ``close()`` joins; exceptions are recorded."""
+
+        def guarded() -> None:
+            try:
+                target()
+            except BaseException as e:  # noqa: BLE001 - recorded and surfaced to the owner
+                log.exception("thread %s failed", name)
+                self.errors.append(e)
+                with self._cond:
+                    self._stopping = True
+                    self._cond.notify_all()
+
+        t = threading.Thread(target=guarded, name=name, daemon=True)
+        self._threads.append(t)
+        t.start()
+        return t
+
+    def raise_if_failed(self) -> None:
+        if self.errors:
+            raise TransportFailed(f"{len(self.errors)} driver thread(s) failed") from self.errors[0]
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the loop, close every queue, join every thread (each within ``timeout``)."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        with self._core_lock:
+            queues = [*self._underlays.values(), *self._overlays.values()]
+        for q in (*queues, self._from_overlay, self._from_underlay, self.disco, self.stun):
+            q.close()
+        current = threading.current_thread()
+        for t in self._threads:
+            if t is not current:
+                t.join(timeout)
+        alive = [t.name for t in self._threads if t.is_alive() and t is not current]
+        if alive:
+            log.error("threads still alive after close: %s", alive)
+            raise RuntimeError(f"threads did not stop within {timeout}s: {alive}")
+
+    def __enter__(self) -> ThreadedDataPlane:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def input_dropped_packets(self) -> int:
+        """Packets refused because the driver's input queues were full."""
+        return self._from_overlay.dropped_packets + self._from_underlay.dropped_packets
