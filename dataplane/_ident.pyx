@@ -6,8 +6,8 @@ Theory of operation: everything a UDP underlay receives lands in one PacketBatch
 WireGuard sees it, ``classify`` decides per alive slot what the datagram is and writes a
 kind byte per slot:
 
-* WireGuard (whitepaper §5.4): type byte 1-4 followed by three zero reserved bytes, with
-  the exact length of its message: initiation 148, response 92, cookie reply 64, transport
+* WireGuard (whitepaper §5.4.2-§5.4.7): type byte 1-4 followed by three zero reserved
+  bytes, with the exact length of its message: initiation 148, response 92, cookie reply 64, transport
   data at least 32 (16 header + 16 tag) and a multiple of 16 (senders pad plaintext to 16).
   The kind value is the message type itself.
 * Disco (tailscale ``ts_disco_protocol``): the 6-byte magic ``"TS" F0 9F 92 AC`` and at
@@ -69,7 +69,7 @@ GENEVE_CONTROL = KIND_FLAG_CONTROL
 BASE_MASK = KIND_BASE_MASK
 COUNT_GENEVE = KIND_N           # index of the Geneve total in kind_counts()
 
-# WireGuard message sizes (whitepaper §5.4.2-§5.4.6).
+# WireGuard message sizes (whitepaper §5.4.2, §5.4.3, §5.4.6, §5.4.7).
 cdef enum:
     WG_INITIATION_LEN = 148
     WG_RESPONSE_LEN = 92

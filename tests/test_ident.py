@@ -567,3 +567,33 @@ def test_unpad_agrees_with_model(pkts):
         status, length = unpad_packet(p)
         assert batch.status_of(i) == status
         assert len(batch[i]) == (length if status == OK else len(p))
+
+
+def test_threads_classify_and_unpad_distinct_batches():
+    # The loops run without the GIL; distinct batches in distinct threads must not interfere.
+    import threading
+
+    datagrams = mixed() * 16
+    plain = [pad16(ipv4(i % 40)) for i in range(128)]
+    expected = [classify_datagram(d) for d in datagrams]
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for _ in range(50):
+                batch, kinds, vnis = run(datagrams)
+                assert [batch.status_of(i) for i in range(len(batch))] == [
+                    v.status for v in expected
+                ]
+                assert list(kinds) == [v.kind for v in expected]
+                pb = PacketBatch.from_packets(plain)
+                assert unpad(pb) == 128
+        except BaseException as e:  # noqa: BLE001 - reported to the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, name=f"ident-{n}") for n in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors
