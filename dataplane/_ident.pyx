@@ -7,9 +7,9 @@ WireGuard sees it, ``classify`` decides per alive slot what the datagram is and 
 kind byte per slot:
 
 * WireGuard (whitepaper §5.4.2-§5.4.7): type byte 1-4 followed by three zero reserved
-  bytes, with the exact length of its message: initiation 148, response 92, cookie reply 64, transport
-  data at least 32 (16 header + 16 tag) and a multiple of 16 (senders pad plaintext to 16).
-  The kind value is the message type itself.
+  bytes, with the exact length of its message: initiation 148, response 92, cookie reply
+  64, transport data at least 32 (16 header + 16 tag) and a multiple of 16 (senders pad
+  plaintext to 16). The kind value is the message type itself.
 * Disco (tailscale ``ts_disco_protocol``): the 6-byte magic ``"TS" F0 9F 92 AC`` and at
   least the whole 62-byte header (magic, 32-byte sender key, 24-byte nonce), the threshold
   of the reference's ``is_disco_message`` and Go's ``LooksLikeDiscoWrapper``.
