@@ -1,0 +1,143 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
+"""Per-packet bookkeeping of the WireGuard device: classify, tally and mark batch slots.
+
+Theory of operation: the device's Python code runs per batch and per handshake; the loops
+over every slot of a batch live here, each in one ``nogil`` block that reads and writes only
+the batch's length/offset/peer/status arrays and slab (the caller owns the batch for the
+call). ``classify`` drops what is not a well-formed WireGuard message and returns the slots
+holding handshake messages (types 1-3) for the control path; transport messages stay alive
+for ``dataplane._crypto.ReceiveKey.open``. ``tally`` turns opened slots of one peer into
+counters and marks empty plaintexts as keepalives; ``mark_unclaimed`` drops the transport
+messages no session opened.
+"""
+
+from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
+
+from dataplane._batch cimport (
+    PacketBatch, ST_OK, ST_TOO_SHORT, ST_BAD_TYPE, ST_KEEPALIVE, ST_TOO_BIG,
+)
+
+cdef enum:
+    INITIATION_SIZE = 148
+    RESPONSE_SIZE = 92
+    COOKIE_REPLY_SIZE = 64
+    TRANSPORT_MIN_SIZE = 32
+    TRANSPORT_OVERHEAD = 32   # header + tag around the (padded) plaintext
+
+
+cdef inline uint32_t load_le32(const uint8_t* p) noexcept nogil:
+    return (<uint32_t>p[0]) | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16) | \
+        (<uint32_t>p[3] << 24)
+
+
+cdef inline uint8_t classify_one(const uint8_t* p, Py_ssize_t n) noexcept nogil:
+    """ST_OK for a well-formed message (length checked before any field is read)."""
+    cdef Py_ssize_t exact
+    if n < 4:
+        return ST_TOO_SHORT
+    if p[1] | p[2] | p[3]:
+        return ST_BAD_TYPE
+    if p[0] == 4:
+        return ST_OK if n >= TRANSPORT_MIN_SIZE else ST_TOO_SHORT
+    if p[0] == 1:
+        exact = INITIATION_SIZE
+    elif p[0] == 2:
+        exact = RESPONSE_SIZE
+    elif p[0] == 3:
+        exact = COOKIE_REPLY_SIZE
+    else:
+        return ST_BAD_TYPE
+    if n < exact:
+        return ST_TOO_SHORT
+    if n > exact:
+        return ST_TOO_BIG
+    return ST_OK
+
+
+def classify(PacketBatch batch not None):
+    """Drop malformed alive slots; return the indexes of the handshake messages (types 1-3)."""
+    cdef Py_ssize_t i, k = 0, count = batch.count
+    cdef uint8_t st
+    cdef const uint8_t* p
+    cdef uint32_t[::1] hs = memoryview(bytearray(4 * max(count, 1))).cast("I")
+    with nogil:
+        for i in range(count):
+            if batch.status[i] != ST_OK or batch.peers[i] != -1:
+                continue
+            p = batch.pkt_ptr(i)
+            st = classify_one(p, batch.lengths[i])
+            if st != ST_OK:
+                batch.status[i] = st
+            elif p[0] != 4:
+                hs[k] = <uint32_t>i
+                k += 1
+    return [hs[i] for i in range(k)]
+
+
+def tally(PacketBatch batch not None, int32_t peer):
+    """For the alive slots opened for ``peer``: mark empty ones ST_KEEPALIVE and return
+    (data packets, keepalives, wire bytes, index of the last such slot or -1)."""
+    cdef Py_ssize_t i, count = batch.count, last = -1
+    cdef Py_ssize_t data = 0, keepalives = 0
+    cdef uint64_t nbytes = 0
+    with nogil:
+        for i in range(count):
+            if batch.status[i] != ST_OK or batch.peers[i] != peer:
+                continue
+            last = i
+            nbytes += batch.lengths[i] + TRANSPORT_OVERHEAD
+            if batch.lengths[i] == 0:
+                batch.status[i] = ST_KEEPALIVE
+                keepalives += 1
+            else:
+                data += 1
+    return data, keepalives, nbytes, last
+
+
+def tally_sealed(PacketBatch batch not None):
+    """(alive slots, their total length): what a sealed batch puts on the wire."""
+    cdef Py_ssize_t i, count = batch.count, n = 0
+    cdef uint64_t nbytes = 0
+    with nogil:
+        for i in range(count):
+            if batch.status[i] == ST_OK:
+                n += 1
+                nbytes += batch.lengths[i]
+    return n, nbytes
+
+
+def mark_unclaimed(PacketBatch batch not None, uint8_t status):
+    """Give ``status`` to every alive slot no stage claimed (peer still -1); return how many."""
+    cdef Py_ssize_t i, count = batch.count, n = 0
+    with nogil:
+        for i in range(count):
+            if batch.status[i] == ST_OK and batch.peers[i] == -1:
+                batch.status[i] = status
+                n += 1
+    return n
+
+
+def mark_receiver(PacketBatch batch not None, uint32_t receiver_index, uint8_t status):
+    """Give ``status`` to the alive unclaimed transport slots for ``receiver_index``."""
+    cdef Py_ssize_t i, count = batch.count, n = 0
+    cdef const uint8_t* p
+    with nogil:
+        for i in range(count):
+            if batch.status[i] != ST_OK or batch.peers[i] != -1 or batch.lengths[i] < 8:
+                continue
+            p = batch.pkt_ptr(i)
+            if p[0] == 4 and load_le32(p + 4) == receiver_index:
+                batch.status[i] = status
+                n += 1
+    return n
+
+
+def set_status_where(PacketBatch batch not None, uint8_t old, uint8_t new):
+    """Replace status ``old`` by ``new`` on every slot; return how many."""
+    cdef Py_ssize_t i, count = batch.count, n = 0
+    with nogil:
+        for i in range(count):
+            if batch.status[i] == old:
+                batch.status[i] = new
+                n += 1
+    return n
