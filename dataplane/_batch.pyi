@@ -3,6 +3,8 @@
 from collections.abc import Iterable, Iterator
 from enum import IntEnum
 
+from typing_extensions import disjoint_base
+
 class DropReason(IntEnum):
     OK = 0
     TOO_SHORT = 1
@@ -36,6 +38,7 @@ DEFAULT_TAILROOM: int
 
 _Endpoint = tuple[str, int]
 
+@disjoint_base
 class PacketBatch:
     capacity: int
     slot_size: int

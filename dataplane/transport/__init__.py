@@ -1,0 +1,1 @@
+"""Transports: where batches come from and go to (UDP underlay, memory, overlay sockets)."""

@@ -1,0 +1,72 @@
+# cython: language_level=3
+"""Linux socket declarations for the batched UDP transport (recvmmsg/sendmmsg, poll)."""
+
+from libc.stdint cimport uint8_t, uint16_t, uint32_t
+from posix.uio cimport iovec
+
+
+cdef extern from "<sys/socket.h>" nogil:
+    ctypedef unsigned int socklen_t
+    ctypedef unsigned short sa_family_t
+
+    struct sockaddr:
+        sa_family_t sa_family
+
+    struct sockaddr_storage:
+        sa_family_t ss_family
+
+    struct msghdr:
+        void *msg_name
+        socklen_t msg_namelen
+        iovec *msg_iov
+        size_t msg_iovlen
+        void *msg_control
+        size_t msg_controllen
+        int msg_flags
+
+    struct mmsghdr:
+        msghdr msg_hdr
+        unsigned int msg_len
+
+    int AF_INET
+    int AF_INET6
+    int MSG_DONTWAIT
+    int MSG_WAITFORONE
+    int MSG_TRUNC
+
+    int recvmmsg(int sockfd, mmsghdr *msgvec, unsigned int vlen, int flags, void *timeout)
+    int sendmmsg(int sockfd, mmsghdr *msgvec, unsigned int vlen, int flags)
+
+
+cdef extern from "<netinet/in.h>" nogil:
+    struct in_addr:
+        uint32_t s_addr
+
+    struct sockaddr_in:
+        sa_family_t sin_family
+        uint16_t sin_port
+        in_addr sin_addr
+
+    struct in6_addr:
+        uint8_t s6_addr[16]
+
+    struct sockaddr_in6:
+        sa_family_t sin6_family
+        uint16_t sin6_port
+        uint32_t sin6_flowinfo
+        in6_addr sin6_addr
+        uint32_t sin6_scope_id
+
+    uint16_t htons(uint16_t)
+    uint16_t ntohs(uint16_t)
+
+
+cdef extern from "<poll.h>" nogil:
+    struct pollfd:
+        int fd
+        short events
+        short revents
+    short POLLIN
+    short POLLERR
+    short POLLHUP
+    int poll(pollfd *fds, unsigned long nfds, int timeout)

@@ -1,0 +1,273 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
+# cython: cdivision=True
+"""Batched UDP I/O: recvmmsg straight into PacketBatch slots, sendmmsg straight out of them.
+
+Theory of operation: ``BatchIO`` owns the ``mmsghdr``/``iovec``/address arrays for one
+socket (allocated once, sized for the largest batch). ``recv`` first ``poll``s the socket
+and an optional wake-up fd (so ``close`` can stop a receiving thread promptly), then takes
+every datagram that is ready with one non-blocking ``recvmmsg``; each lands after the
+slot's headroom, and its source address is stored in the slot's endpoint fields (IPv4 as
+``::ffff:a.b.c.d``). ``send`` hands every alive slot to ``sendmmsg``, either to one
+destination or to each slot's own endpoint, retrying after partial sends. Both syscalls run
+without the GIL. Errors never raise: they are returned / counted per errno, since on a
+network socket EAGAIN, ENOBUFS, ECONNREFUSED (ICMP port unreachable) and friends are
+ordinary events.
+"""
+
+from libc.errno cimport errno, EINTR, EAGAIN
+from libc.stdint cimport uint8_t, uint16_t, uint32_t
+from libc.stdlib cimport calloc, free
+from libc.string cimport memcpy, memset
+from posix.uio cimport iovec
+from posix.unistd cimport read
+
+from dataplane._batch cimport PacketBatch, ST_OK, ST_TOO_BIG
+from dataplane.transport._sys cimport (
+    AF_INET, AF_INET6, MSG_DONTWAIT, MSG_TRUNC, htons, ntohs, mmsghdr, poll, pollfd, POLLIN,
+    recvmmsg, sendmmsg, sockaddr_in, sockaddr_in6,
+)
+
+import ipaddress
+
+cdef uint8_t V4_MAPPED[12]
+memset(V4_MAPPED, 0, 10)
+V4_MAPPED[10] = 0xFF
+V4_MAPPED[11] = 0xFF
+
+
+cdef inline void sockaddr_to_endpoint(const sockaddr_in6* sa, uint8_t* addr16,
+                                      uint16_t* port) noexcept nogil:
+    cdef const sockaddr_in* s4
+    if sa.sin6_family == AF_INET:
+        s4 = <const sockaddr_in*>sa
+        memcpy(addr16, V4_MAPPED, 12)
+        memcpy(addr16 + 12, &s4.sin_addr.s_addr, 4)
+        port[0] = ntohs(s4.sin_port)
+    else:
+        memcpy(addr16, sa.sin6_addr.s6_addr, 16)
+        port[0] = ntohs(sa.sin6_port)
+
+
+cdef inline int endpoint_to_sockaddr(int family, const uint8_t* addr16, uint16_t port,
+                                     sockaddr_in6* out) noexcept nogil:
+    """Fill ``out`` for a socket of ``family``; returns the address length, 0 if impossible."""
+    cdef sockaddr_in* s4
+    memset(out, 0, sizeof(sockaddr_in6))
+    if family == AF_INET:
+        if memcmp12(addr16, V4_MAPPED) != 0:
+            return 0  # an IPv6 destination on an IPv4 socket
+        s4 = <sockaddr_in*>out
+        s4.sin_family = AF_INET
+        s4.sin_port = htons(port)
+        memcpy(&s4.sin_addr.s_addr, addr16 + 12, 4)
+        return sizeof(sockaddr_in)
+    out.sin6_family = AF_INET6
+    out.sin6_port = htons(port)
+    memcpy(out.sin6_addr.s6_addr, addr16, 16)
+    return sizeof(sockaddr_in6)
+
+
+cdef inline int memcmp12(const uint8_t* a, const uint8_t* b) noexcept nogil:
+    cdef int i
+    for i in range(12):
+        if a[i] != b[i]:
+            return 1
+    return 0
+
+
+def pack_endpoint(endpoint):
+    """(ip, port) -> (16-byte address, port) in the batch's endpoint form."""
+    host, port = endpoint
+    addr = ipaddress.ip_address(host)
+    if not 0 <= port <= 0xFFFF:
+        raise ValueError(f"port out of range in {endpoint!r}")
+    if addr.version == 4:
+        return bytes(V4_MAPPED[:12]) + addr.packed, port
+    return addr.packed, port
+
+
+cdef class BatchIO:
+    """recvmmsg/sendmmsg for one UDP socket (which the caller owns and keeps open)."""
+
+    cdef int fd
+    cdef int family
+    cdef int wake_fd
+    cdef unsigned int capacity
+    cdef mmsghdr* msgs
+    cdef iovec* iovs
+    cdef sockaddr_in6* addrs
+    cdef Py_ssize_t* slot_of         # send: batch slot of each message
+    cdef readonly unsigned long long rx_packets, rx_bytes, rx_truncated
+    cdef readonly unsigned long long tx_packets, tx_bytes, tx_failed
+
+    def __cinit__(self, int fd, int family, unsigned int capacity=128, int wake_fd=-1):
+        self.msgs = NULL
+        self.iovs = NULL
+        self.addrs = NULL
+        self.slot_of = NULL
+        if family != AF_INET and family != AF_INET6:
+            raise ValueError(f"unsupported address family {family}")
+        if capacity == 0 or capacity > 4096:
+            raise ValueError(f"capacity must be 1..4096, got {capacity}")
+        self.fd = fd
+        self.family = family
+        self.wake_fd = wake_fd
+        self.capacity = capacity
+        self.msgs = <mmsghdr*>calloc(capacity, sizeof(mmsghdr))
+        self.iovs = <iovec*>calloc(capacity, sizeof(iovec))
+        self.addrs = <sockaddr_in6*>calloc(capacity, sizeof(sockaddr_in6))
+        self.slot_of = <Py_ssize_t*>calloc(capacity, sizeof(Py_ssize_t))
+        if (self.msgs == NULL or self.iovs == NULL or self.addrs == NULL
+                or self.slot_of == NULL):
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.msgs)
+        free(self.iovs)
+        free(self.addrs)
+        free(self.slot_of)
+
+    def recv(self, PacketBatch batch not None, double timeout=-1.0):
+        """Append the datagrams that are ready (waiting up to ``timeout`` s; < 0 = forever).
+
+        Returns the number appended (0 on timeout or wake-up), or ``-errno`` on error.
+        A datagram larger than the slot is kept truncated with status ST_TOO_BIG.
+        """
+        cdef unsigned int room = <unsigned int>min(batch.capacity - batch.count, self.capacity)
+        cdef unsigned int j
+        cdef Py_ssize_t base = batch.count, k
+        cdef int n = 0, rc, err = 0
+        cdef int ms = -1 if timeout < 0 else <int>(timeout * 1000)
+        cdef pollfd fds[2]
+        cdef unsigned long nfds = 1
+        cdef uint8_t drain[8]
+        if room == 0:
+            return 0
+        for j in range(room):
+            k = base + j
+            self.iovs[j].iov_base = batch.slot_ptr(k) + batch.headroom
+            self.iovs[j].iov_len = batch.slot_size - batch.headroom
+            memset(&self.msgs[j], 0, sizeof(mmsghdr))
+            self.msgs[j].msg_hdr.msg_iov = &self.iovs[j]
+            self.msgs[j].msg_hdr.msg_iovlen = 1
+            self.msgs[j].msg_hdr.msg_name = &self.addrs[j]
+            self.msgs[j].msg_hdr.msg_namelen = sizeof(sockaddr_in6)
+        fds[0].fd = self.fd
+        fds[0].events = POLLIN
+        fds[0].revents = 0
+        if self.wake_fd >= 0:
+            fds[1].fd = self.wake_fd
+            fds[1].events = POLLIN
+            fds[1].revents = 0
+            nfds = 2
+        # Blocks in poll/recvmmsg; touches only this object's arrays and the batch's slots
+        # from batch.count on, which the caller owns.
+        with nogil:
+            while True:
+                rc = poll(fds, nfds, ms)
+                if rc < 0 and errno == EINTR:
+                    continue
+                break
+            if rc > 0 and nfds == 2 and fds[1].revents != 0:
+                # One wake-up per wake(): drain the eventfd so later calls block again.
+                read(self.wake_fd, drain, 8)
+            if rc < 0:
+                err = errno
+            elif rc > 0 and (fds[0].revents != 0):
+                while True:
+                    n = recvmmsg(self.fd, self.msgs, room, MSG_DONTWAIT, NULL)
+                    if n < 0 and errno == EINTR:
+                        continue
+                    break
+                if n < 0:
+                    err = errno
+                    n = 0
+        if err:
+            if err == EAGAIN:
+                return 0
+            return -err
+        for j in range(<unsigned int>n):
+            k = base + j
+            batch.offsets[k] = <uint32_t>batch.headroom
+            batch.lengths[k] = self.msgs[j].msg_len
+            batch.peers[k] = -1
+            batch.status[k] = ST_OK
+            if self.msgs[j].msg_hdr.msg_flags & MSG_TRUNC:
+                batch.status[k] = ST_TOO_BIG
+                batch.lengths[k] = <uint32_t>(batch.slot_size - batch.headroom)
+                self.rx_truncated += 1
+            sockaddr_to_endpoint(&self.addrs[j], &batch.ep_addr[k, 0], &batch.ep_port[k])
+            self.rx_bytes += self.msgs[j].msg_len
+        batch.count = base + n
+        self.rx_packets += n
+        return n
+
+    def send(self, PacketBatch batch not None, endpoint=None):
+        """Send every alive slot, to ``endpoint`` or else to each slot's own endpoint.
+
+        Returns ``(sent, errors)`` where ``errors`` lists the errno of each datagram that
+        could not be sent (the datagram is skipped, the rest still go out).
+        """
+        cdef const uint8_t[::1] dst_addr
+        cdef uint16_t dst_port = 0
+        cdef bint fixed = endpoint is not None
+        cdef int fixed_len = 0
+        cdef sockaddr_in6 fixed_sa
+        if fixed:
+            packed, dst_port = pack_endpoint(endpoint)
+            dst_addr = packed
+            fixed_len = endpoint_to_sockaddr(self.family, &dst_addr[0], dst_port, &fixed_sa)
+            if fixed_len == 0:
+                raise ValueError(f"cannot send to {endpoint!r} from an IPv4-only socket")
+        errors = []
+        cdef Py_ssize_t i = 0, count = batch.count
+        cdef unsigned int m, j, jj
+        cdef int rc, err, alen
+        cdef int sent_total = 0
+        while i < count:
+            m = 0
+            err = 0
+            rc = 0
+            # Fill up to `capacity` messages, then send them; runs without the GIL over the
+            # batch (owned by the caller) and this object's arrays.
+            with nogil:
+                while i < count and m < self.capacity:
+                    if batch.status[i] != ST_OK:
+                        i += 1
+                        continue
+                    self.iovs[m].iov_base = batch.pkt_ptr(i)
+                    self.iovs[m].iov_len = batch.lengths[i]
+                    memset(&self.msgs[m], 0, sizeof(mmsghdr))
+                    self.msgs[m].msg_hdr.msg_iov = &self.iovs[m]
+                    self.msgs[m].msg_hdr.msg_iovlen = 1
+                    if fixed:
+                        self.msgs[m].msg_hdr.msg_name = &fixed_sa
+                        self.msgs[m].msg_hdr.msg_namelen = fixed_len
+                    else:
+                        alen = endpoint_to_sockaddr(self.family, &batch.ep_addr[i, 0],
+                                                    batch.ep_port[i], &self.addrs[m])
+                        self.msgs[m].msg_hdr.msg_name = &self.addrs[m]
+                        self.msgs[m].msg_hdr.msg_namelen = alen
+                    self.slot_of[m] = i
+                    m += 1
+                    i += 1
+                j = 0
+                while j < m:
+                    rc = sendmmsg(self.fd, &self.msgs[j], m - j, 0)
+                    if rc < 0:
+                        if errno == EINTR:
+                            continue
+                        break
+                    for jj in range(j, j + <unsigned int>rc):
+                        self.tx_bytes += self.iovs[jj].iov_len
+                    j += rc
+                    sent_total += rc
+                if rc < 0:
+                    err = errno
+            if err:
+                # The first unsent message failed; note it and carry on after it.
+                errors.append(err)
+                self.tx_failed += 1
+                i = self.slot_of[j] + 1
+        self.tx_packets += sent_total
+        return sent_total, errors

@@ -1,0 +1,214 @@
+"""The UDP underlay: a batched socket, and the transport that joins it to the driver.
+
+``UdpSocket`` is usable on its own (no threads): ``recv_batch`` fills a PacketBatch with
+one ``recvmmsg``, ``send_batch`` empties one with ``sendmmsg``. ``UdpTransport`` registers
+as an underlay transport of a ``ThreadedDataPlane`` and runs two named threads: the
+receiver (socket -> driver input) and the sender (driver output -> socket). ``close()``
+wakes the receiver through an eventfd, so shutdown does not wait for traffic.
+
+Address families: binding to an IPv4 address gives an IPv4 socket; binding to an IPv6
+address gives an IPv6 socket, dual-stack for ``::`` (IPv4 peers appear as plain dotted
+quads in endpoints). Errors from the network (EAGAIN, ENOBUFS, ECONNREFUSED after an ICMP
+error, ...) are counted in ``errors`` by errno name and never stop the transport.
+"""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import ipaddress
+import logging
+import os
+import socket
+import threading
+from collections import Counter
+from typing import Any
+
+from dataplane._batch import PacketBatch
+from dataplane.queues import QueueClosed
+from dataplane.results import Endpoint
+from dataplane.transport._udp import BatchIO
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BUFFER = 8 << 20
+# Receive slots must hold a full sealed datagram: MTU 1420 + 32 bytes of WireGuard overhead
+# fits the default PacketBatch slot (1472 B, 16 B headroom).
+RECV_POLL_INTERVAL = 0.5
+
+
+def _errname(code: int) -> str:
+    return errno_mod.errorcode.get(code, str(code))
+
+
+class UdpSocket:
+    """A bound UDP socket with batched, GIL-free receive and send."""
+
+    def __init__(
+        self,
+        bind: Endpoint = ("127.0.0.1", 0),
+        *,
+        capacity: int = 128,
+        buffer_bytes: int = DEFAULT_BUFFER,
+    ) -> None:
+        host, port = bind
+        try:
+            addr = ipaddress.ip_address(host)
+        except ValueError as e:
+            raise ValueError(f"bind address must be an IP address, got {host!r}") from e
+        family = socket.AF_INET if addr.version == 4 else socket.AF_INET6
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            if family == socket.AF_INET6:
+                self.sock.setsockopt(
+                    socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if addr.is_unspecified else 1
+                )
+            self._set_buffers(buffer_bytes)
+            self.sock.bind((host, port))
+        except OSError:
+            self.sock.close()
+            raise
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.capacity = capacity
+        self.io = BatchIO(self.sock.fileno(), family, capacity, self._wake_fd)
+        self.errors: Counter[str] = Counter()
+        self._closed = False
+
+    def _set_buffers(self, size: int) -> None:
+        # SO_*BUFFORCE lifts the net.core.[rw]mem_max cap for a privileged process;
+        # otherwise take what the kernel allows.
+        for force, plain in (
+            (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF),
+            (getattr(socket, "SO_SNDBUFFORCE", None), socket.SO_SNDBUF),
+        ):
+            try:
+                if force is None:
+                    raise PermissionError
+                self.sock.setsockopt(socket.SOL_SOCKET, force, size)
+            except PermissionError:
+                self.sock.setsockopt(socket.SOL_SOCKET, plain, size)
+
+    @property
+    def address(self) -> Endpoint:
+        host, port = self.sock.getsockname()[:2]
+        return (host, port)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def recv_batch(
+        self, batch: PacketBatch | None = None, timeout: float | None = None
+    ) -> PacketBatch:
+        """Append the datagrams that are ready, waiting up to ``timeout`` s for the first.
+
+        Returns the batch (a new one if none is given); it may be empty on timeout or
+        after ``wake()``.
+        """
+        if batch is None:
+            batch = PacketBatch(self.capacity)
+        n = self.io.recv(batch, -1.0 if timeout is None else timeout)
+        if n < 0:
+            self.errors[_errname(-n)] += 1
+        return batch
+
+    def send_batch(self, batch: PacketBatch, endpoint: Endpoint | None = None) -> int:
+        """Send each alive packet of ``batch`` to ``endpoint`` (or to its slot's endpoint)."""
+        sent, errs = self.io.send(batch, endpoint)
+        for code in errs:
+            self.errors[_errname(code)] += 1
+        return sent
+
+    def sendto(self, data: bytes, endpoint: Endpoint) -> None:
+        """Send one datagram (control-path convenience)."""
+        self.send_batch(PacketBatch.from_packets([data]), endpoint)
+
+    def wake(self) -> None:
+        """Make a blocked ``recv_batch`` return now."""
+        try:
+            os.eventfd_write(self._wake_fd, 1)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.wake()
+        self.sock.close()
+        os.close(self._wake_fd)
+
+    def __enter__(self) -> UdpSocket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{self.address[0]}:{self.address[1]}"
+        return f"<UdpSocket {state}>"
+
+
+class UdpTransport:
+    """An underlay transport of a ThreadedDataPlane over one ``UdpSocket``."""
+
+    def __init__(
+        self,
+        driver: Any,
+        bind: Endpoint = ("127.0.0.1", 0),
+        *,
+        capacity: int = 128,
+        buffer_bytes: int = DEFAULT_BUFFER,
+    ) -> None:
+        self.socket = UdpSocket(bind, capacity=capacity, buffer_bytes=buffer_bytes)
+        self._driver = driver
+        self.handle = driver.new_underlay_transport()
+        self.id: int = self.handle.id
+        self._stop = threading.Event()
+        self.dropped_input_batches = 0
+        self._threads = [
+            driver.spawn(f"udp{self.id}-rx", self._receive_loop),
+            driver.spawn(f"udp{self.id}-tx", self._send_loop),
+        ]
+
+    @property
+    def address(self) -> Endpoint:
+        return self.socket.address
+
+    def _receive_loop(self) -> None:
+        sock = self.socket
+        while not self._stop.is_set():
+            batch = sock.recv_batch(timeout=RECV_POLL_INTERVAL)
+            if len(batch) and not self.handle.incoming.put(batch):
+                self.dropped_input_batches += 1
+
+    def _send_loop(self) -> None:
+        out = self.handle.outgoing
+        while True:
+            try:
+                item = out.get(timeout=RECV_POLL_INTERVAL)
+            except QueueClosed:
+                return
+            if item is None:
+                if self._stop.is_set():
+                    return
+                continue
+            endpoint, batch = item
+            if isinstance(batch, PacketBatch):
+                self.socket.send_batch(batch, endpoint)
+            else:
+                for pkt in batch:
+                    self.socket.sendto(pkt, endpoint)
+
+    def close(self) -> None:
+        """Stop both threads, unregister from the driver and close the socket."""
+        self._stop.set()
+        self.socket.wake()
+        self._driver.remove_underlay_transport(self.id)
+        current = threading.current_thread()
+        for t in self._threads:
+            if t is not current:
+                t.join(5)
+        self.socket.close()
+
+    def __repr__(self) -> str:
+        return f"<UdpTransport {self.id} {self.socket!r}>"
