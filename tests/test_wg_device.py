@@ -44,7 +44,7 @@ class Node:
         self.ep = ep  # where others reach it
         self.src = ep  # the source address its datagrams appear to come from
         self.dev = Device(key, wall_clock=lambda: WALL0 + sim.now,
-                          rng=random.Random(hash(name) & 0xFFFF), **kw)
+                          rng=random.Random(name), **kw)
         self.delivered: list[tuple[float, int, bytes]] = []
 
 
