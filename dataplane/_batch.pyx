@@ -15,9 +15,12 @@ nothing reachable from Python writes outside the slab.
 """
 
 import ipaddress
+import operator
 from enum import IntEnum
 
 from libc.string cimport memcpy, memset
+
+cimport cython
 
 
 class DropReason(IntEnum):
@@ -48,6 +51,7 @@ class DropReason(IntEnum):
     CRYPTO_ERROR = ST_CRYPTO_ERROR
 
 
+_VALID_STATUS = frozenset(int(r) for r in DropReason)
 STATUS_SLOTS = ST_MAX
 DEFAULT_CAPACITY = 128
 DEFAULT_MTU = 1420
@@ -57,6 +61,7 @@ DEFAULT_TAILROOM = 32
 cdef bytes _V4_PREFIX = b"\x00" * 10 + b"\xff\xff"
 
 
+@cython.auto_pickle(False)
 cdef class PacketBatch:
     """A batch of up to ``capacity`` packets in one slab.
 
@@ -66,9 +71,11 @@ cdef class PacketBatch:
     which also admits sealed datagrams (``mtu + 32``) read from an underlay.
     """
 
-    def __init__(self, Py_ssize_t capacity=DEFAULT_CAPACITY, Py_ssize_t mtu=DEFAULT_MTU,
-                 Py_ssize_t headroom=DEFAULT_HEADROOM, Py_ssize_t tailroom=DEFAULT_TAILROOM,
-                 slot_size=None):
+    # Everything is allocated in __cinit__ so that no instance, however created (__new__,
+    # a subclass skipping __init__), ever has unallocated arrays behind its nogil accessors.
+    def __cinit__(self, Py_ssize_t capacity=DEFAULT_CAPACITY, Py_ssize_t mtu=DEFAULT_MTU,
+                  Py_ssize_t headroom=DEFAULT_HEADROOM, Py_ssize_t tailroom=DEFAULT_TAILROOM,
+                  slot_size=None):
         if capacity <= 0:
             raise ValueError(f"capacity must be positive, got {capacity}")
         if mtu <= 0 or headroom < 0 or tailroom < 0:
@@ -84,7 +91,7 @@ cdef class PacketBatch:
             if size < need:
                 raise ValueError(
                     f"slot_size {size} is smaller than headroom + mtu + tailroom = {need}")
-        if size > 0xFFFFFFFF or capacity * size > (1 << 40):
+        if size > 0xFFFFFFFF or capacity > (1 << 40) // size:
             raise ValueError(f"batch too large: {capacity} slots of {size} bytes")
         self.capacity = capacity
         self.slot_size = size
@@ -172,6 +179,8 @@ cdef class PacketBatch:
     def __getitem__(self, Py_ssize_t i):
         """Zero-copy, writable ``memoryview`` of packet ``i``."""
         i = self._norm(i)
+        if <Py_ssize_t>self.offsets[i] + <Py_ssize_t>self.lengths[i] > self.slot_size:
+            raise ValueError(f"packet {i} bounds run past its slot (a stage corrupted them)")
         cdef Py_ssize_t start = i * self.slot_size + self.offsets[i]
         return memoryview(self._buf)[start:start + self.lengths[i]]
 
@@ -198,7 +207,8 @@ cdef class PacketBatch:
     def set_bounds(self, Py_ssize_t i, Py_ssize_t offset, Py_ssize_t length):
         """Move packet ``i`` to ``[offset, offset + length)`` within its slot."""
         i = self._norm(i)
-        if offset < 0 or length < 0 or offset + length > self.slot_size:
+        if (offset < 0 or length < 0 or offset > self.slot_size
+                or length > self.slot_size - offset):
             raise ValueError(
                 f"bounds [{offset}, {offset + length}) outside a slot of {self.slot_size}")
         self.offsets[i] = offset
@@ -225,13 +235,17 @@ cdef class PacketBatch:
         self.peers[i] = peer
 
     def status_of(self, Py_ssize_t i):
+        """The slot's status as a ``DropReason`` (a plain int for an unnamed value)."""
         i = self._norm(i)
-        return DropReason(self.status[i])
+        try:
+            return DropReason(self.status[i])
+        except ValueError:
+            return self.status[i]
 
     def set_status(self, Py_ssize_t i, int status):
         i = self._norm(i)
-        if status < 0 or status >= ST_MAX:
-            raise ValueError(f"status {status} out of range 0..{ST_MAX - 1}")
+        if status not in _VALID_STATUS:
+            raise ValueError(f"status {status} out of range: not a DropReason value")
         self.status[i] = status
 
     def fill_peer(self, int peer):
@@ -263,12 +277,20 @@ cdef class PacketBatch:
         self.ep_port[i] = port
 
     def status_counts(self):
-        """Number of slots per status value, as a list indexed by ``DropReason``."""
-        counts = [0] * ST_MAX
+        """Number of slots per status value, as a list indexed by ``DropReason``.
+
+        Raises ``ValueError`` if some slot holds a status of ``STATUS_SLOTS`` or more (only
+        possible by writing the ``statuses`` view directly).
+        """
+        cdef Py_ssize_t counts[256]
         cdef Py_ssize_t i
+        memset(counts, 0, sizeof(counts))
         for i in range(self.count):
             counts[self.status[i]] += 1
-        return counts
+        for i in range(ST_MAX, 256):
+            if counts[i]:
+                raise ValueError(f"a slot holds status {i}, outside 0..{ST_MAX - 1}")
+        return [counts[i] for i in range(ST_MAX)]
 
     def alive(self):
         """Indexes of the slots whose status is OK."""
@@ -287,7 +309,8 @@ cdef class PacketBatch:
 
     @property
     def length_array(self):
-        return memoryview(self.lengths)[:self.count]
+        """Read-only ``memoryview`` (format ``I``) of the packet lengths (use set_bounds)."""
+        return memoryview(self.lengths)[:self.count].toreadonly()
 
     def __repr__(self):
         return (f"<PacketBatch {self.count}/{self.capacity} slots of {self.slot_size} B, "
@@ -297,6 +320,9 @@ cdef class PacketBatch:
 def _pack_endpoint(endpoint):
     try:
         host, port = endpoint
+        if isinstance(port, bool) or not isinstance(host, str):
+            raise TypeError("host must be text and port an int")
+        port = operator.index(port)
         addr = ipaddress.ip_address(host)
     except (TypeError, ValueError) as e:
         raise ValueError(f"endpoint must be (ip, port), got {endpoint!r}") from e

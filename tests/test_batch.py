@@ -1,7 +1,7 @@
 """PacketBatch (dataplane._batch): construction, slots, metadata, errors, zero-copy views.
 
-Tests marked ``xfail(strict=True)`` pin down bugs found in _batch; each names the fix
-(the lead owns _batch). They flip to XPASS, and so fail loudly, once fixed.
+Includes regression tests for bugs found in review: size and bounds overflow, out-of-range
+statuses, uninitialised instances, writable lengths and loosely typed endpoint ports.
 """
 
 from __future__ import annotations
@@ -94,12 +94,6 @@ def test_bad_construction(kwargs, match):
         PacketBatch(**kwargs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: `capacity * size` overflows Py_ssize_t before the size check, so huge "
-    "capacities get MemoryError (or a wrong-size slab) instead of ValueError; fix: "
-    "check `capacity > (1 << 40) // size` instead of multiplying",
-)
 def test_huge_capacity_is_a_value_error():
     with pytest.raises(ValueError, match="batch too large"):
         PacketBatch(capacity=1 << 62, mtu=1)
@@ -249,13 +243,6 @@ def test_set_bounds_validation():
     assert b.offset(0) == b.slot_size  # the last good bounds stay
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: `offset + length > slot_size` overflows for huge arguments and the "
-    "offset is then truncated to uint32 (0xFFFFFFFF) behind the slot; any Cython stage "
-    "trusting the invariant reads/writes out of bounds. Fix: `if offset < 0 or length < 0 "
-    "or offset > self.slot_size or length > self.slot_size - offset: raise`",
-)
 def test_set_bounds_rejects_overflowing_arguments():
     b = PacketBatch.from_packets([b"abc"])
     with pytest.raises(ValueError):
@@ -263,12 +250,6 @@ def test_set_bounds_rejects_overflowing_arguments():
     assert b.offset(0) == b.headroom
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: length_array is writable and unchecked, and __getitem__ then returns bytes "
-    "of the next slot; fix: return a read-only view (cast with readonly) or clamp/validate "
-    "offsets[i] + lengths[i] <= slot_size in __getitem__",
-)
 def test_length_array_cannot_expose_the_next_slot():
     b = PacketBatch.from_packets([b"a", b"SECRET"], mtu=8, headroom=0, tailroom=0)
     try:
@@ -317,13 +298,6 @@ def test_statuses():
     assert b.status_of(0) is DropReason.OK
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: status_counts() indexes a 32-entry Python list with boundscheck off, so a "
-    "status >= ST_MAX (writable `statuses` view, or any Cython stage) writes past the list "
-    "and crashes the interpreter; fix: count into a C array of 256 and raise ValueError "
-    "for values >= ST_MAX, or validate before indexing",
-)
 def test_status_counts_survives_an_out_of_range_status():
     r = run_isolated(
         """
@@ -340,12 +314,6 @@ def test_status_counts_survives_an_out_of_range_status():
     assert r.returncode == 0 and "survived" in r.stdout, r.stderr[-500:]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: set_status accepts 23..31 (< ST_MAX) but status_of then raises "
-    "`ValueError: 25 is not a valid DropReason`; fix: reject values not in DropReason "
-    "in set_status, or make status_of return a plain int for unnamed values",
-)
 def test_every_settable_status_can_be_read_back():
     b = PacketBatch.from_packets([b"x"])
     for s in range(STATUS_SLOTS):
@@ -422,12 +390,6 @@ def test_bad_endpoint(bad):
     assert b.endpoint(0) == ("1.1.1.1", 1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: _pack_endpoint only range-checks the port, so '80' raises a bare TypeError, "
-    "80.5 is truncated to 80 and True becomes 1; fix: `port = operator.index(port)` inside "
-    "the try block (and reject bool)",
-)
 @pytest.mark.parametrize("port", ["80", 80.5, True])
 def test_endpoint_port_must_be_an_int(port):
     b = PacketBatch.from_packets([b"a"])
@@ -471,12 +433,6 @@ def test_status_counts_only_count_used_slots():
 # --- uninitialised and copied batches -----------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: with initializedcheck=False, a PacketBatch created by __new__ (or a subclass "
-    "that skips __init__) segfaults on .statuses/.peer_ids/.length_array; fix: allocate "
-    "the arrays in __cinit__, or turn initializedcheck on for the Python-facing methods",
-)
 def test_uninitialised_batch_does_not_crash():
     r = run_isolated(
         """
