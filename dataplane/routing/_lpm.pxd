@@ -11,6 +11,16 @@ from libc.stdint cimport int32_t, uint8_t, uint16_t, uint64_t
 from dataplane._batch cimport PacketBatch
 
 
+# A child slot: either a whole prefix inlined where it is alone (a leaf: path
+# compression, no separate allocation, so a lookup ending in a leaf costs no extra
+# memory access) or a pointer to the next node (kept in ``hi``).
+ctypedef struct LpmKid:
+    uint64_t hi
+    uint64_t lo
+    int32_t value
+    uint8_t plen
+    uint8_t is_node
+
 # A stride-8 trie node (see the module docstring of _lpm.pyx). Prefixes whose length
 # ends inside this node's octet (relative length 0..7) live in ``vals``, addressed by
 # the ART base index (1..255) through the ``pfx`` bitset; longer prefixes hang below
@@ -20,18 +30,11 @@ ctypedef struct LpmNode:
     uint64_t pfx[4]
     uint64_t kid[4]
     int32_t *vals
-    void **kids            # tagged: bit 0 set -> LpmLeaf*, clear -> LpmNode*
+    LpmKid *kids
     uint16_t npfx
     uint16_t nkid
     uint16_t cap_pfx
     uint16_t cap_kid
-
-# A whole prefix inlined in a child slot where it is alone (path compression).
-ctypedef struct LpmLeaf:
-    uint64_t hi
-    uint64_t lo
-    int32_t value
-    uint8_t plen
 
 
 cdef enum:

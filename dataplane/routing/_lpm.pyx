@@ -27,7 +27,9 @@ The table is a multibit trie with a fixed stride of one octet (the BART/ART desi
 
 Lookup walks child slots octet by octet (at most 4 steps for IPv4, 16 for IPv6),
 stopping at an empty slot or a leaf, remembering the nodes it passed; if no leaf
-matched it asks those nodes for their in-node longest match, deepest first. Every step
+matched it asks those nodes for their in-node longest match, deepest first. Batch
+lookups advance 32 addresses level by level with software prefetches so that their
+cache misses overlap (see ``_lookup_group``). Every step
 is a constant number of word operations, the loop touches no Python object and cannot
 fail, so it runs without the GIL. Compared with a level-compressed (LC/poptrie) trie the
 fixed stride keeps insert and remove local and simple (no rebuild of a level when one
@@ -127,22 +129,31 @@ cdef inline void _truncate(uint64_t *hi, uint64_t *lo, int plen) noexcept nogil:
         lo[0] &= _mask64(plen - 64)
 
 
-cdef inline bint _leaf_covers(const LpmLeaf *lf, uint64_t hi, uint64_t lo) noexcept nogil:
+cdef inline bint _leaf_covers(const LpmKid *lf, uint64_t hi, uint64_t lo) noexcept nogil:
     if lf.plen <= 64:
         return ((hi ^ lf.hi) & _mask64(lf.plen)) == 0
     return hi == lf.hi and ((lo ^ lf.lo) & _mask64(lf.plen - 64)) == 0
 
 
-cdef inline bint _is_leaf(void *p) noexcept nogil:
-    return (<size_t>p) & 1
+cdef inline LpmNode *_kid_node(const LpmKid *k) noexcept nogil:
+    return <LpmNode *><size_t>k.hi
 
 
-cdef inline LpmLeaf *_as_leaf(void *p) noexcept nogil:
-    return <LpmLeaf *>((<size_t>p) & ~(<size_t>1))
+cdef inline void _set_kid_node(LpmKid *k, LpmNode *n) noexcept nogil:
+    k.hi = <uint64_t><size_t>n
+    k.lo = 0
+    k.value = LPM_NONE
+    k.plen = 0
+    k.is_node = 1
 
 
-cdef inline void *_tag_leaf(LpmLeaf *lf) noexcept nogil:
-    return <void *>((<size_t>lf) | 1)
+cdef inline void _set_kid_leaf(LpmKid *k, uint64_t hi, uint64_t lo, int plen,
+                               int32_t value) noexcept nogil:
+    k.hi = hi
+    k.lo = lo
+    k.value = value
+    k.plen = <uint8_t>plen
+    k.is_node = 0
 
 
 cdef inline int _base_index(int octet, int r) noexcept nogil:
@@ -198,7 +209,8 @@ cdef int read_ip_addr(const uint8_t *pkt, Py_ssize_t n, bint source,
 
 
 # ---------------------------------------------------------------------------------------
-# Node storage. Allocation failures return -1 with MemoryError set (GIL held).
+# Node storage. Allocation failures raise MemoryError (GIL held) and leave the trie
+# consistent.
 
 cdef LpmNode *_node_new(LpmTable t) except NULL:
     cdef LpmNode *n = <LpmNode *>malloc(sizeof(LpmNode))
@@ -209,26 +221,8 @@ cdef LpmNode *_node_new(LpmTable t) except NULL:
     return n
 
 
-cdef LpmLeaf *_leaf_new(LpmTable t, uint64_t hi, uint64_t lo, int plen,
-                        int32_t value) except NULL:
-    cdef LpmLeaf *lf = <LpmLeaf *>malloc(sizeof(LpmLeaf))
-    if lf == NULL:
-        raise MemoryError()
-    lf.hi = hi
-    lf.lo = lo
-    lf.plen = <uint8_t>plen
-    lf.value = value
-    t.nbytes += sizeof(LpmLeaf)
-    return lf
-
-
-cdef void _leaf_free(LpmTable t, LpmLeaf *lf) noexcept:
-    t.nbytes -= sizeof(LpmLeaf)
-    free(lf)
-
-
 cdef void _node_free_shallow(LpmTable t, LpmNode *n) noexcept:
-    t.nbytes -= sizeof(LpmNode) + n.cap_pfx * sizeof(int32_t) + n.cap_kid * sizeof(void *)
+    t.nbytes -= sizeof(LpmNode) + n.cap_pfx * sizeof(int32_t) + n.cap_kid * sizeof(LpmKid)
     free(n.vals)
     free(n.kids)
     free(n)
@@ -236,15 +230,11 @@ cdef void _node_free_shallow(LpmTable t, LpmNode *n) noexcept:
 
 cdef void _node_free_deep(LpmTable t, LpmNode *n) noexcept:
     cdef int i
-    cdef void *k
     if n == NULL:
         return
     for i in range(n.nkid):
-        k = n.kids[i]
-        if _is_leaf(k):
-            _leaf_free(t, _as_leaf(k))
-        else:
-            _node_free_deep(t, <LpmNode *>k)
+        if n.kids[i].is_node:
+            _node_free_deep(t, _kid_node(&n.kids[i]))
     _node_free_shallow(t, n)
 
 
@@ -262,13 +252,13 @@ cdef int _grow_pfx(LpmTable t, LpmNode *n) except -1:
 
 
 cdef int _grow_kid(LpmTable t, LpmNode *n) except -1:
-    cdef int cap = n.cap_kid * 2 if n.cap_kid else 2
+    cdef int cap = n.cap_kid * 2 if n.cap_kid else 1
     if cap > 256:
         cap = 256
-    cdef void **v = <void **>realloc(n.kids, cap * sizeof(void *))
+    cdef LpmKid *v = <LpmKid *>realloc(n.kids, cap * sizeof(LpmKid))
     if v == NULL:
         raise MemoryError()
-    t.nbytes += (cap - n.cap_kid) * sizeof(void *)
+    t.nbytes += (cap - n.cap_kid) * sizeof(LpmKid)
     n.kids = v
     n.cap_kid = <uint16_t>cap
     return 0
@@ -305,46 +295,43 @@ cdef int32_t _del_pfx(LpmTable t, LpmNode *n, int idx) noexcept:
     return v
 
 
-cdef int _add_kid(LpmTable t, LpmNode *n, int o, void *k) except -1:
+cdef LpmKid *_add_kid(LpmTable t, LpmNode *n, int o) except NULL:
+    """Open the child slot of octet o (absent so far); the caller fills the entry."""
     cdef int r = _rank(n.kid, o)
     if n.nkid == n.cap_kid:
         _grow_kid(t, n)
-    memmove(&n.kids[r + 1], &n.kids[r], (n.nkid - r) * sizeof(void *))
-    n.kids[r] = k
+    memmove(&n.kids[r + 1], &n.kids[r], (n.nkid - r) * sizeof(LpmKid))
     n.kid[o >> 6] |= (<uint64_t>1) << (o & 63)
     n.nkid += 1
-    return 0
+    return &n.kids[r]
 
 
 cdef void _del_kid(LpmTable t, LpmNode *n, int o) noexcept:
     cdef int r = _rank(n.kid, o)
-    memmove(&n.kids[r], &n.kids[r + 1], (n.nkid - r - 1) * sizeof(void *))
+    memmove(&n.kids[r], &n.kids[r + 1], (n.nkid - r - 1) * sizeof(LpmKid))
     n.kid[o >> 6] &= ~((<uint64_t>1) << (o & 63))
     n.nkid -= 1
     if n.nkid == 0:
-        t.nbytes -= n.cap_kid * sizeof(void *)
+        t.nbytes -= n.cap_kid * sizeof(LpmKid)
         free(n.kids)
         n.kids = NULL
         n.cap_kid = 0
 
 
-cdef int _place_leaf(LpmTable t, LpmNode *n, int d, LpmLeaf *lf) except -1:
-    """Put an existing leaf into node n at depth d (n has no entry for it yet)."""
+cdef int _place(LpmTable t, LpmNode *n, int d, uint64_t hi, uint64_t lo, int plen,
+                int32_t value) except -1:
+    """Put a prefix that has no entry yet into node n at depth d (in-node or as a leaf)."""
     cdef int32_t dummy
-    if lf.plen < 8 * (d + 1):
-        _set_pfx(t, n, _base_index(_octet(lf.hi, lf.lo, d), lf.plen - 8 * d), lf.value,
-                 &dummy)
-        _leaf_free(t, lf)
+    if plen < 8 * (d + 1):
+        _set_pfx(t, n, _base_index(_octet(hi, lo, d), plen - 8 * d), value, &dummy)
     else:
-        _add_kid(t, n, _octet(lf.hi, lf.lo, d), _tag_leaf(lf))
+        _set_kid_leaf(_add_kid(t, n, _octet(hi, lo, d)), hi, lo, plen, value)
     return 0
 
 
 cdef LpmNode *_node_copy(LpmTable t, const LpmNode *src) except NULL:
     cdef LpmNode *n = _node_new(t)
     cdef int i
-    cdef void *k
-    cdef LpmLeaf *lf
     memcpy(n.pfx, src.pfx, sizeof(n.pfx))
     if src.npfx:
         n.vals = <int32_t *>malloc(src.npfx * sizeof(int32_t))
@@ -356,28 +343,24 @@ cdef LpmNode *_node_copy(LpmTable t, const LpmNode *src) except NULL:
         n.npfx = n.cap_pfx = src.npfx
         t.nbytes += n.cap_pfx * sizeof(int32_t)
     if src.nkid:
-        n.kids = <void **>malloc(src.nkid * sizeof(void *))
+        n.kids = <LpmKid *>malloc(src.nkid * sizeof(LpmKid))
         if n.kids == NULL:
             _node_free_shallow(t, n)
             raise MemoryError()
         n.cap_kid = src.nkid
-        t.nbytes += n.cap_kid * sizeof(void *)
-    # Fill children one by one so that a failure leaves a consistent (partial) node.
+        t.nbytes += n.cap_kid * sizeof(LpmKid)
+    # Fill children one by one (nkid counts the finished ones) so that a failure frees
+    # exactly what this copy owns and never the source's nodes.
     for i in range(src.nkid):
-        k = src.kids[i]
-        try:
-            if _is_leaf(k):
-                lf = _as_leaf(k)
-                n.kids[i] = _tag_leaf(_leaf_new(t, lf.hi, lf.lo, lf.plen, lf.value))
-            else:
-                n.kids[i] = _node_copy(t, <LpmNode *>k)
-        except MemoryError:
-            n.nkid = <uint16_t>i
-            n.kid[0] = n.kid[1] = n.kid[2] = n.kid[3] = 0
-            _node_free_deep(t, n)
-            raise
+        n.kids[i] = src.kids[i]
+        if src.kids[i].is_node:
+            try:
+                _set_kid_node(&n.kids[i], _node_copy(t, _kid_node(&src.kids[i])))
+            except MemoryError:
+                _node_free_deep(t, n)
+                raise
+        n.nkid = <uint16_t>(i + 1)
     memcpy(n.kid, src.kid, sizeof(n.kid))
-    n.nkid = src.nkid
     return n
 
 
@@ -389,49 +372,40 @@ cdef int _insert(LpmTable t, LpmNode *root, uint64_t hi, uint64_t lo, int plen,
     """1 if the prefix is new, 0 if it replaced a value (stored in old[0])."""
     cdef LpmNode *node = root
     cdef LpmNode *child
-    cdef LpmLeaf *lf
-    cdef void *k
+    cdef LpmKid *k
     cdef int d = 0
-    cdef int o, r
+    cdef int o
     while True:
         o = _octet(hi, lo, d)
         if plen < 8 * (d + 1):
             return _set_pfx(t, node, _base_index(o, plen - 8 * d), value, old)
         if not _bit(node.kid, o):
-            lf = _leaf_new(t, hi, lo, plen, value)
-            try:
-                _add_kid(t, node, o, _tag_leaf(lf))
-            except MemoryError:
-                _leaf_free(t, lf)
-                raise
+            _set_kid_leaf(_add_kid(t, node, o), hi, lo, plen, value)
             return 1
-        r = _rank(node.kid, o)
-        k = node.kids[r]
-        if _is_leaf(k):
-            lf = _as_leaf(k)
-            if lf.plen == plen and lf.hi == hi and lf.lo == lo:
-                old[0] = lf.value
-                lf.value = value
+        k = &node.kids[_rank(node.kid, o)]
+        if not k.is_node:
+            if k.plen == plen and k.hi == hi and k.lo == lo:
+                old[0] = k.value
+                k.value = value
                 return 0
             # Second prefix under this slot: push the leaf one level down.
             child = _node_new(t)
             try:
-                _place_leaf(t, child, d + 1, lf)
+                _place(t, child, d + 1, k.hi, k.lo, k.plen, k.value)
             except MemoryError:
                 _node_free_shallow(t, child)
                 raise
-            node.kids[r] = child
+            _set_kid_node(k, child)
             node = child
         else:
-            node = <LpmNode *>k
+            node = _kid_node(k)
         d += 1
 
 
 cdef int _find_exact(LpmNode *root, uint64_t hi, uint64_t lo, int plen,
                      int32_t *value) noexcept:
     cdef LpmNode *node = root
-    cdef LpmLeaf *lf
-    cdef void *k
+    cdef LpmKid *k
     cdef int d = 0
     cdef int o, idx
     while True:
@@ -444,14 +418,13 @@ cdef int _find_exact(LpmNode *root, uint64_t hi, uint64_t lo, int plen,
             return 1
         if not _bit(node.kid, o):
             return 0
-        k = node.kids[_rank(node.kid, o)]
-        if _is_leaf(k):
-            lf = _as_leaf(k)
-            if lf.plen == plen and lf.hi == hi and lf.lo == lo:
-                value[0] = lf.value
+        k = &node.kids[_rank(node.kid, o)]
+        if not k.is_node:
+            if k.plen == plen and k.hi == hi and k.lo == lo:
+                value[0] = k.value
                 return 1
             return 0
-        node = <LpmNode *>k
+        node = _kid_node(k)
         d += 1
 
 
@@ -462,10 +435,9 @@ cdef int _remove(LpmTable t, LpmNode *root, uint64_t hi, uint64_t lo, int plen,
     cdef int po[16]
     cdef LpmNode *node = root
     cdef LpmNode *parent
-    cdef LpmLeaf *lf
-    cdef void *k
+    cdef LpmKid *k
     cdef int d = 0
-    cdef int o, idx, r, rl
+    cdef int o, idx, rl
     cdef uint64_t lhi, llo
     while True:
         o = _octet(hi, lo, d)
@@ -477,32 +449,28 @@ cdef int _remove(LpmTable t, LpmNode *root, uint64_t hi, uint64_t lo, int plen,
             break
         if not _bit(node.kid, o):
             return 0
-        k = node.kids[_rank(node.kid, o)]
-        if _is_leaf(k):
-            lf = _as_leaf(k)
-            if not (lf.plen == plen and lf.hi == hi and lf.lo == lo):
+        k = &node.kids[_rank(node.kid, o)]
+        if not k.is_node:
+            if not (k.plen == plen and k.hi == hi and k.lo == lo):
                 return 0
-            old[0] = lf.value
+            old[0] = k.value
             _del_kid(t, node, o)
-            _leaf_free(t, lf)
             break
         path[d] = node
         po[d] = o
-        node = <LpmNode *>k
+        node = _kid_node(k)
         d += 1
     # Restore the canonical shape bottom-up: drop empty nodes, re-inline a node holding a
-    # single prefix as a leaf in its parent's slot. Nodes never get re-allocated here, so
-    # this cannot fail.
+    # single prefix as a leaf in its parent's slot. Nothing is allocated here.
     while d > 0:
         parent = path[d - 1]
         o = po[d - 1]
-        r = _rank(parent.kid, o)
+        k = &parent.kids[_rank(parent.kid, o)]
         if node.npfx + node.nkid == 0:
-            _del_kid(t, parent, o)
             _node_free_shallow(t, node)
-        elif node.npfx == 0 and node.nkid == 1 and _is_leaf(node.kids[0]):
-            parent.kids[r] = node.kids[0]
-            node.nkid = 0
+            _del_kid(t, parent, o)
+        elif node.npfx == 0 and node.nkid == 1 and not node.kids[0].is_node:
+            k[0] = node.kids[0]
             _node_free_shallow(t, node)
         elif node.npfx == 1 and node.nkid == 0:
             idx = _highest_common(node.pfx, node.pfx)
@@ -514,12 +482,7 @@ cdef int _remove(LpmTable t, LpmNode *root, uint64_t hi, uint64_t lo, int plen,
                 lhi |= (<uint64_t>((idx - (1 << rl)) << (8 - rl))) << (56 - 8 * d)
             else:
                 llo |= (<uint64_t>((idx - (1 << rl)) << (8 - rl))) << (56 - 8 * (d - 8))
-            # Reuses no memory of its own: allocate first, then free the node.
-            try:
-                lf = _leaf_new(t, lhi, llo, 8 * d + rl, node.vals[0])
-            except MemoryError:
-                return 1     # still correct, just not compressed
-            parent.kids[r] = _tag_leaf(lf)
+            _set_kid_leaf(k, lhi, llo, 8 * d + rl, node.vals[0])
             _node_free_shallow(t, node)
         else:
             break
@@ -532,8 +495,7 @@ cdef int32_t _lookup(const LpmNode *root, uint64_t hi, uint64_t lo) noexcept nog
     cdef const LpmNode *stack[16]
     cdef int octs[16]
     cdef const LpmNode *node = root
-    cdef const LpmLeaf *lf
-    cdef void *k
+    cdef const LpmKid *k
     cdef int d = 0
     cdef int o, idx
     while True:
@@ -542,13 +504,12 @@ cdef int32_t _lookup(const LpmNode *root, uint64_t hi, uint64_t lo) noexcept nog
         octs[d] = o
         if not _bit(node.kid, o):
             break
-        k = node.kids[_rank(node.kid, o)]
-        if _is_leaf(k):
-            lf = _as_leaf(k)
-            if _leaf_covers(lf, hi, lo):
-                return lf.value
+        k = &node.kids[_rank(node.kid, o)]
+        if not k.is_node:
+            if _leaf_covers(k, hi, lo):
+                return k.value
             break
-        node = <const LpmNode *>k
+        node = _kid_node(k)
         d += 1
     while d >= 0:
         node = stack[d]
@@ -561,20 +522,16 @@ cdef int32_t _lookup(const LpmNode *root, uint64_t hi, uint64_t lo) noexcept nog
 
 
 # Interleaved lookups. One lookup is a chain of dependent loads (node header, child
-# slot, leaf, value); for a table larger than the caches each is a miss, so a lone
-# lookup costs a few memory latencies and the core idles. _lookup_many keeps _LANES
-# lookups in flight, advances each by one load per round and prefetches the address it
-# will read next, so the misses of different lookups overlap (the "AMAC" technique).
+# entry, value); for a table larger than the caches each is a miss, so a lone
+# lookup costs a few memory latencies and the core idles. _lookup_many walks groups of
+# _GROUP lookups down the trie together, one level at a time, prefetching what each
+# will read next ("group prefetching"), so the misses of a group overlap. (A per-lookup
+# state machine, AMAC, was tried: its unpredictable branches made it 2x slower here.)
 # Same answers as _lookup, which tests check; it tracks the best in-node match on the
 # way down (a pointer, its value read once at the end) instead of backtracking.
 
 cdef enum:
-    _LANES = 16
-    _P_NODE = 0      # node header prefetched: match inside the node, pick the child slot
-    _P_SLOT = 1      # child slot prefetched: follow it to a node or a leaf
-    _P_LEAF = 2      # leaf prefetched: it matches or the best in-node match stands
-    _P_DONE = 3      # best-value pointer prefetched: write the result
-    _P_IDLE = 4
+    _GROUP = 32      # lookups advanced level by level together
     _CHUNK = 256     # addresses parsed and looked up per round (stack arrays)
 
 
@@ -583,82 +540,75 @@ cdef inline void _prefetch_node(const LpmNode *n) noexcept nogil:
     dp_prefetch((<const char *>n) + 64)
 
 
+cdef void _lookup_group(const LpmNode *root, const uint64_t *his, const uint64_t *los,
+                        int32_t *out, int n) noexcept nogil:
+    """Up to _GROUP lookups, level by level; each level is two passes over the group:
+    (1) match inside the current node (its header was prefetched by the previous pass)
+    and prefetch the child entry, (2) read the child entry: a leaf settles the lookup,
+    a node is prefetched for the next level. A pass over the group takes long enough
+    for the prefetches issued at its start to land."""
+    cdef const LpmNode *node[_GROUP]
+    cdef const LpmKid *slot[_GROUP]
+    cdef const int32_t *best[_GROUP]
+    cdef int open_[_GROUP]          # indexes of lookups still descending
+    cdef int nopen = n
+    cdef int d = 0
+    cdef int g, j, m, o, idx
+    cdef const LpmNode *nd
+    cdef const LpmKid *k
+    for g in range(n):
+        node[g] = root
+        best[g] = NULL
+        open_[g] = g
+        out[g] = LPM_NONE
+    while nopen:
+        m = 0
+        for j in range(nopen):
+            g = open_[j]
+            nd = node[g]
+            o = _octet(his[g], los[g], d)
+            if nd.npfx:
+                idx = _highest_common(nd.pfx, _ANC[o])
+                if idx >= 0:
+                    best[g] = &nd.vals[_rank(nd.pfx, idx)]
+            if _bit(nd.kid, o):
+                k = &nd.kids[_rank(nd.kid, o)]
+                slot[g] = k
+                dp_prefetch(k)
+                dp_prefetch((<const char *>k) + sizeof(LpmKid) - 1)
+                open_[m] = g
+                m += 1
+            elif best[g] != NULL:
+                dp_prefetch(best[g])
+        nopen = m
+        m = 0
+        for j in range(nopen):
+            g = open_[j]
+            k = slot[g]
+            if k.is_node:
+                node[g] = _kid_node(k)
+                _prefetch_node(node[g])
+                open_[m] = g
+                m += 1
+            elif _leaf_covers(k, his[g], los[g]):
+                out[g] = k.value
+                best[g] = NULL
+            elif best[g] != NULL:
+                dp_prefetch(best[g])
+        nopen = m
+        d += 1
+    for g in range(n):
+        if best[g] != NULL:
+            out[g] = best[g][0]
+
+
 cdef void _lookup_many(const LpmNode *root, const uint64_t *his, const uint64_t *los,
                        int32_t *out, Py_ssize_t n) noexcept nogil:
-    cdef const LpmNode *node[_LANES]
-    cdef void **slot[_LANES]
-    cdef const int32_t *best[_LANES]
-    cdef const LpmLeaf *leaf[_LANES]
-    cdef Py_ssize_t key[_LANES]
-    cdef int depth[_LANES]
-    cdef int phase[_LANES]
-    cdef Py_ssize_t nxt = 0
-    cdef int active = 0
-    cdef int j, o, idx
-    cdef void *k
-    cdef const LpmNode *nd
-    for j in range(_LANES):
-        if nxt < n:
-            key[j] = nxt
-            nxt += 1
-            node[j] = root
-            depth[j] = 0
-            best[j] = NULL
-            phase[j] = _P_NODE
-            active += 1
-        else:
-            phase[j] = _P_IDLE
-    while active:
-        for j in range(_LANES):
-            if phase[j] == _P_NODE:
-                nd = node[j]
-                o = _octet(his[key[j]], los[key[j]], depth[j])
-                if nd.npfx:
-                    idx = _highest_common(nd.pfx, _ANC[o])
-                    if idx >= 0:
-                        best[j] = &nd.vals[_rank(nd.pfx, idx)]
-                if _bit(nd.kid, o):
-                    slot[j] = &nd.kids[_rank(nd.kid, o)]
-                    dp_prefetch(slot[j])
-                    phase[j] = _P_SLOT
-                    continue
-                if best[j] != NULL:
-                    dp_prefetch(best[j])
-                phase[j] = _P_DONE
-            elif phase[j] == _P_SLOT:
-                k = slot[j][0]
-                if _is_leaf(k):
-                    leaf[j] = _as_leaf(k)
-                    dp_prefetch(leaf[j])
-                    phase[j] = _P_LEAF
-                else:
-                    node[j] = <const LpmNode *>k
-                    _prefetch_node(node[j])
-                    depth[j] += 1
-                    phase[j] = _P_NODE
-            elif phase[j] == _P_LEAF:
-                if _leaf_covers(leaf[j], his[key[j]], los[key[j]]):
-                    out[key[j]] = leaf[j].value
-                    phase[j] = _P_IDLE
-                else:
-                    if best[j] != NULL:
-                        dp_prefetch(best[j])
-                    phase[j] = _P_DONE
-            elif phase[j] == _P_DONE:
-                out[key[j]] = best[j][0] if best[j] != NULL else LPM_NONE
-                phase[j] = _P_IDLE
-            else:
-                continue
-            if phase[j] == _P_IDLE:
-                if nxt < n:
-                    key[j] = nxt
-                    nxt += 1
-                    node[j] = root
-                    depth[j] = 0
-                    best[j] = NULL
-                    phase[j] = _P_NODE
-                else:
-                    active -= 1
+    cdef Py_ssize_t base = 0
+    while base < n:
+        _lookup_group(root, his + base, los + base, out + base,
+                      <int>(n - base if n - base < _GROUP else _GROUP))
+        base += _GROUP
 
 
 # ---------------------------------------------------------------------------------------
@@ -781,13 +731,12 @@ cdef object _make_network(int fam, uint64_t hi, uint64_t lo, int plen):
 cdef void _collect(list out, int fam, const LpmNode *n, int d, uint64_t hi,
                    uint64_t lo) except *:
     """Append (network, value) of every prefix below n (whose path is hi/lo, 8d bits)."""
-    cdef int i, idx, rl, o
+    cdef int i, rl, o
     cdef uint64_t h, l, bits
-    cdef void *k
-    cdef const LpmLeaf *lf
+    cdef const LpmKid *k
     cdef int r = 0
-    for i in range(256):
-        if i == 0 or not _bit(n.pfx, i):
+    for i in range(1, 256):
+        if not _bit(n.pfx, i):
             continue
         rl = 63 - dp_clz64(<uint64_t>i)
         bits = <uint64_t>((i - (1 << rl)) << (8 - rl))
@@ -799,35 +748,30 @@ cdef void _collect(list out, int fam, const LpmNode *n, int d, uint64_t hi,
             l |= bits << (56 - 8 * (d - 8))
         out.append((_make_network(fam, h, l, 8 * d + rl), n.vals[r]))
         r += 1
-    for i in range(n.nkid):
-        k = n.kids[i]
-        if _is_leaf(k):
-            lf = _as_leaf(k)
-            out.append((_make_network(fam, lf.hi, lf.lo, lf.plen), lf.value))
     r = 0
     for o in range(256):
         if not _bit(n.kid, o):
             continue
-        k = n.kids[r]
+        k = &n.kids[r]
         r += 1
-        if not _is_leaf(k):
-            h = hi
-            l = lo
-            if d < 8:
-                h |= (<uint64_t>o) << (56 - 8 * d)
-            else:
-                l |= (<uint64_t>o) << (56 - 8 * (d - 8))
-            _collect(out, fam, <const LpmNode *>k, d + 1, h, l)
+        if not k.is_node:
+            out.append((_make_network(fam, k.hi, k.lo, k.plen), k.value))
+            continue
+        h = hi
+        l = lo
+        if d < 8:
+            h |= (<uint64_t>o) << (56 - 8 * d)
+        else:
+            l |= (<uint64_t>o) << (56 - 8 * (d - 8))
+        _collect(out, fam, _kid_node(k), d + 1, h, l)
 
 
 cdef void _depth_stats(const LpmNode *n, int d, list counts) except *:
     cdef int i
-    cdef void *k
     counts[d] += 1
     for i in range(n.nkid):
-        k = n.kids[i]
-        if not _is_leaf(k):
-            _depth_stats(<const LpmNode *>k, d + 1, counts)
+        if n.kids[i].is_node:
+            _depth_stats(_kid_node(&n.kids[i]), d + 1, counts)
 
 
 # ---------------------------------------------------------------------------------------
