@@ -189,13 +189,13 @@ def test_families_are_separate():
 
 def test_key_forms_and_truncation():
     t = LpmTable()
-    assert t.insert("10.1.2.3/8", 1) is None          # host bits dropped, like wg
+    assert t.insert("10.1.2.3/8", 1) is None  # host bits dropped, like wg
     assert t.get("10.0.0.0/8") == 1
     assert t.insert(ipaddress.ip_network("10.0.0.0/8"), 2) == 1
     assert t.insert((b"\x0a\x00\x00\x00", 8), 3) == 2
     assert t.insert(ipaddress.ip_interface("10.9.9.9/8"), 4) == 3
     assert len(t) == 1
-    t["192.168.1.1"] = 7                                # bare address: host route
+    t["192.168.1.1"] = 7  # bare address: host route
     assert t.get("192.168.1.1/32") == 7
     assert t.lookup(b"\xc0\xa8\x01\x01") == 7
     assert t.lookup(ipaddress.ip_address("192.168.1.1")) == 7
@@ -208,8 +208,17 @@ def test_key_forms_and_truncation():
 
 
 @pytest.mark.parametrize(
-    "bad", ["10.0.0.0/33", "::/129", "10.0.0.0/-1", "10.0.0.0/x", "300.1.1.1/8", "nope", "1.2.3/8",
-            "010.1.1.1"]
+    "bad",
+    [
+        "10.0.0.0/33",
+        "::/129",
+        "10.0.0.0/-1",
+        "10.0.0.0/x",
+        "300.1.1.1/8",
+        "nope",
+        "1.2.3/8",
+        "010.1.1.1",
+    ],
 )
 def test_bad_prefixes_raise_value_error(bad):
     with pytest.raises(ValueError):
@@ -249,13 +258,19 @@ def test_clear_and_iteration():
 
 # -- batch lookups ------------------------------------------------------------------------
 
+
 def ipv4_packet(src: int, dst: int, payload: bytes = b"") -> bytes:
-    return struct.pack("!BBHHHBBHII", 0x45, 0, 20 + len(payload), 0, 0, 64, 17, 0, src, dst) + payload
+    header = struct.pack("!BBHHHBBHII", 0x45, 0, 20 + len(payload), 0, 0, 64, 17, 0, src, dst)
+    return header + payload
 
 
 def ipv6_packet(src: int, dst: int, payload: bytes = b"") -> bytes:
-    return (struct.pack("!IHBB", 0x60000000, len(payload), 17, 64)
-            + src.to_bytes(16, "big") + dst.to_bytes(16, "big") + payload)
+    return (
+        struct.pack("!IHBB", 0x60000000, len(payload), 17, 64)
+        + src.to_bytes(16, "big")
+        + dst.to_bytes(16, "big")
+        + payload
+    )
 
 
 def malformed_packets() -> list[bytes]:
@@ -263,12 +278,12 @@ def malformed_packets() -> list[bytes]:
     good6 = ipv6_packet(1, 2)
     return [
         b"",
-        good4[:19],                     # truncated IPv4 header
-        bytes([0x44]) + good4[1:],      # IHL 4 < 5
-        bytes([0x4F]) + good4[1:],      # IHL 15: options beyond the packet
-        good6[:39],                     # truncated IPv6 header
-        bytes([0x50]) + good4[1:],      # version 5
-        bytes([0x00]) * 40,             # version 0
+        good4[:19],  # truncated IPv4 header
+        bytes([0x44]) + good4[1:],  # IHL 4 < 5
+        bytes([0x4F]) + good4[1:],  # IHL 15: options beyond the packet
+        good6[:39],  # truncated IPv6 header
+        bytes([0x50]) + good4[1:],  # version 5
+        bytes([0x00]) * 40,  # version 0
     ]
 
 
@@ -312,13 +327,16 @@ def test_batch_lookup_agrees_with_single_lookups(nets, pkts, source, dead):
         elif kind == 0:
             assert out[i] == -1 and batch.status_of(i) == DropReason.BAD_IP
         else:
-            addr = ipaddress.ip_address(a if source else b) if kind == 4 else ipaddress.IPv6Address(
-                a if source else b)
+            addr = (
+                ipaddress.ip_address(a if source else b)
+                if kind == 4
+                else ipaddress.IPv6Address(a if source else b)
+            )
             want = t.lookup(addr)
             assert out[i] == (-1 if want is None else want)
             assert batch.status_of(i) == DropReason.OK
             expected_hits += want is not None
-    assert out[len(raw)] == 12345          # nothing written past the batch
+    assert out[len(raw)] == 12345  # nothing written past the batch
     assert hits == expected_hits
 
 
@@ -329,8 +347,12 @@ def test_batch_lookup_rejects_short_output():
 
 
 @FAST
-@given(nets=st.lists(networks(6), max_size=20), addrs=st.lists(addr_ints(6), max_size=30),
-       nets4=st.lists(networks(4), max_size=20), addrs4=st.lists(addr_ints(4), max_size=30))
+@given(
+    nets=st.lists(networks(6), max_size=20),
+    addrs=st.lists(addr_ints(6), max_size=30),
+    nets4=st.lists(networks(4), max_size=20),
+    addrs4=st.lists(addr_ints(4), max_size=30),
+)
 def test_lookup_packed_agrees(nets, addrs, nets4, addrs4):
     t = LpmTable()
     for i, n in enumerate(nets + nets4):
@@ -400,4 +422,4 @@ def test_interleaved_paths_agree_across_chunks():
     packed = b"".join(p[16:20] for p in v4)
     out4 = array.array("i", [0] * len(v4))
     t.lookup_packed(packed, 4, out4)
-    assert list(out4) == [w for p, w in zip(pkts, want) if p[0] >> 4 == 4]
+    assert list(out4) == [w for p, w in zip(pkts, want, strict=True) if p[0] >> 4 == 4]

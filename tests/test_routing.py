@@ -11,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dataplane._batch import DropReason, PacketBatch
-from dataplane.routing._lpm import LpmTable
 from dataplane.routing.overlay import (
     Drop,
     InboundRouter,
@@ -29,7 +28,8 @@ def pkt(src: str, dst: str, payload: bytes = b"payload") -> bytes:
     s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)
     if s.version == 4:
         return struct.pack("!BBHHHBBH", 0x45, 0, 20 + len(payload), 0, 0, 64, 17, 0) + (
-            s.packed + d.packed + payload)
+            s.packed + d.packed + payload
+        )
     return struct.pack("!IHBB", 0x60000000, len(payload), 17, 64) + s.packed + d.packed + payload
 
 
@@ -40,18 +40,20 @@ def batch_of(*packets: bytes) -> PacketBatch:
 PEERS = {
     1: ["10.0.0.0/8", "fd00::/8"],
     2: ["10.1.0.0/16", "fd00:1::/32"],
-    3: ["0.0.0.0/0", "::/0"],          # exit node
+    3: ["0.0.0.0/0", "::/0"],  # exit node
 }
 
 
 def outbound() -> OutboundRouter:
     r = OutboundRouter()
-    r.swap(build_outbound_table(
-        {1: PEERS[1], 2: PEERS[2]},
-        local_addresses={"100.64.0.5": 9, "fd7a:115c:a1e0::5": 9},
-        loopback_routes={"100.100.100.100/32": 4},
-        drop_routes=["10.1.2.0/24", "fd00:1:0:2::/64"],
-    ))
+    r.swap(
+        build_outbound_table(
+            {1: PEERS[1], 2: PEERS[2]},
+            local_addresses={"100.64.0.5": 9, "fd7a:115c:a1e0::5": 9},
+            loopback_routes={"100.100.100.100/32": 4},
+            drop_routes=["10.1.2.0/24", "fd00:1:0:2::/64"],
+        )
+    )
     return r
 
 
@@ -59,11 +61,11 @@ def outbound() -> OutboundRouter:
     "dst, action",
     [
         ("10.9.9.9", WireGuard(1)),
-        ("10.1.9.9", WireGuard(2)),           # longer prefix of peer 2 inside peer 1's
-        ("10.1.2.3", Drop()),                 # hole inside peer 2's /16
+        ("10.1.9.9", WireGuard(2)),  # longer prefix of peer 2 inside peer 1's
+        ("10.1.2.3", Drop()),  # hole inside peer 2's /16
         ("10.1.3.3", WireGuard(2)),
-        ("100.64.0.5", Loopback(9)),          # our own address
-        ("100.100.100.100", Loopback(4)),     # local service
+        ("100.64.0.5", Loopback(9)),  # our own address
+        ("100.100.100.100", Loopback(4)),  # local service
         ("192.168.1.1", None),
         ("fd00::1", WireGuard(1)),
         ("fd00:1::1", WireGuard(2)),
@@ -83,9 +85,9 @@ def test_outbound_batch_sets_peers_loopback_and_reasons():
         pkt(me, "10.9.9.9"),
         pkt(me, "10.1.9.9"),
         pkt(me, "10.1.2.3"),
-        pkt(me, me),                          # to ourselves: loopback, never leaves
+        pkt(me, me),  # to ourselves: loopback, never leaves
         pkt(me, "192.168.1.1"),
-        b"\x45\x00",                          # truncated header
+        b"\x45\x00",  # truncated header
         pkt("fd7a:115c:a1e0::5", "fd00:1::1"),
         pkt("fd7a:115c:a1e0::5", "fd00:1:0:2::1"),
         pkt("fd7a:115c:a1e0::5", "fd7a:115c:a1e0::5"),
@@ -97,9 +99,17 @@ def test_outbound_batch_sets_peers_loopback_and_reasons():
     assert (npeer, nloop) == (3, 2)
     st = [batch.status_of(i) for i in range(len(batch))]
     assert st == [
-        DropReason.OK, DropReason.OK, DropReason.ROUTE_DROP, DropReason.OK, DropReason.NO_ROUTE,
-        DropReason.BAD_IP, DropReason.OK, DropReason.ROUTE_DROP, DropReason.OK,
-        DropReason.NO_ROUTE, DropReason.REPLAY,
+        DropReason.OK,
+        DropReason.OK,
+        DropReason.ROUTE_DROP,
+        DropReason.OK,
+        DropReason.NO_ROUTE,
+        DropReason.BAD_IP,
+        DropReason.OK,
+        DropReason.ROUTE_DROP,
+        DropReason.OK,
+        DropReason.NO_ROUTE,
+        DropReason.REPLAY,
     ]
     assert [batch.peer(i) for i in (0, 1, 3, 6, 8)] == [1, 2, -1, 2, -1]
     assert list(loop) == [-1, -1, -1, 9, -1, -1, -1, -1, 9, -1, -1]
@@ -117,8 +127,9 @@ def test_default_router_routes_nothing():
 
 def test_loopback_of_own_address_beats_a_peer_claiming_it():
     """A peer whose AllowedIPs cover (or equal) our address never gets our packets."""
-    t = build_outbound_table({3: PEERS[3], 4: ["100.64.0.5/32"]},
-                             local_addresses={"100.64.0.5/10": 1, "fd7a::5": 1})
+    t = build_outbound_table(
+        {3: PEERS[3], 4: ["100.64.0.5/32"]}, local_addresses={"100.64.0.5/10": 1, "fd7a::5": 1}
+    )
     r = OutboundRouter(t)
     assert r.lookup("100.64.0.5") == Loopback(1)
     assert r.lookup("100.64.0.6") == WireGuard(3)
@@ -132,7 +143,7 @@ def test_identical_prefixes_resolve_to_lowest_peer_regardless_of_order():
     for t in (a, b):
         r = OutboundRouter(t)
         assert r.lookup("10.0.0.200") == WireGuard(5)
-        assert r.lookup("10.0.0.1") == WireGuard(6)     # the longer prefix wins
+        assert r.lookup("10.0.0.1") == WireGuard(6)  # the longer prefix wins
 
 
 def test_drop_beats_identical_peer_prefix():
@@ -145,7 +156,7 @@ def test_swap_installs_atomically_and_freezes():
     first = build_outbound_table({1: ["10.0.0.0/8"]})
     r.swap(first)
     batch = batch_of(pkt("1.1.1.1", "10.0.0.1"))
-    second = first.copy()                    # edit a copy of the live table
+    second = first.copy()  # edit a copy of the live table
     second.remove("10.0.0.0/8")
     old = r.swap(second)
     assert old is first and r.table is second and second.frozen
@@ -167,10 +178,12 @@ def test_bad_configuration_raises_with_the_value():
 
 
 def test_inbound_router():
-    r = InboundRouter(build_inbound_table(
-        {"100.64.0.5/32": 0, "fd7a:115c:a1e0::5/128": 0, "192.168.0.0/16": 2},
-        drop_routes=["192.168.9.0/24"],
-    ))
+    r = InboundRouter(
+        build_inbound_table(
+            {"100.64.0.5/32": 0, "fd7a:115c:a1e0::5/128": 0, "192.168.0.0/16": 2},
+            drop_routes=["192.168.9.0/24"],
+        )
+    )
     assert r.lookup("100.64.0.5") == ToOverlay(0)
     assert r.lookup("192.168.9.1") == Drop()
     assert r.lookup("100.64.0.6") is None
@@ -178,18 +191,23 @@ def test_inbound_router():
         pkt("100.64.0.9", "100.64.0.5"),
         pkt("100.64.0.9", "192.168.1.1"),
         pkt("100.64.0.9", "192.168.9.1"),
-        pkt("100.64.0.9", "100.64.0.6"),          # not for us
+        pkt("100.64.0.9", "100.64.0.6"),  # not for us
         pkt("fd7a:115c:a1e0::9", "fd7a:115c:a1e0::5"),
         pkt("fd7a:115c:a1e0::9", "fd7a:115c:a1e0::6"),
-        b"\x60" + b"\x00" * 30,                   # truncated IPv6
+        b"\x60" + b"\x00" * 30,  # truncated IPv6
     )
     out = array.array("i", [0] * 8)
     res, routed = r.route(batch, out)
     assert res is out and routed == 3
     assert list(out[:7]) == [0, 2, -1, -1, 0, -1, -1]
     assert [batch.status_of(i) for i in range(7)] == [
-        DropReason.OK, DropReason.OK, DropReason.ROUTE_DROP, DropReason.NO_ROUTE,
-        DropReason.OK, DropReason.NO_ROUTE, DropReason.BAD_IP,
+        DropReason.OK,
+        DropReason.OK,
+        DropReason.ROUTE_DROP,
+        DropReason.NO_ROUTE,
+        DropReason.OK,
+        DropReason.NO_ROUTE,
+        DropReason.BAD_IP,
     ]
 
 
@@ -230,6 +248,7 @@ def test_outbound_batch_agrees_with_model(peers, holes, dsts):
 
 # -- underlay ---------------------------------------------------------------------------
 
+
 def test_underlay_route_writes_endpoint_and_transport():
     u = UnderlayRouter({1: (0, ("192.0.2.1", 51820)), 2: (1, ("2001:db8::2", 4242))})
     assert u.lookup(1) == (0, ("192.0.2.1", 51820))
@@ -244,14 +263,17 @@ def test_underlay_route_writes_endpoint_and_transport():
     assert batch.endpoint(0) == ("192.0.2.1", 51820)
     assert batch.endpoint(1) == ("2001:db8::2", 4242)
     assert [batch.status_of(i) for i in range(5)] == [
-        DropReason.OK, DropReason.OK, DropReason.NO_ROUTE, DropReason.NO_ROUTE,
+        DropReason.OK,
+        DropReason.OK,
+        DropReason.NO_ROUTE,
+        DropReason.NO_ROUTE,
         DropReason.NO_SESSION,
     ]
 
 
 def test_underlay_set_remove_replace():
     u = UnderlayRouter()
-    u.set(1000, 3, ("198.51.100.7", 1))          # grows the dense table
+    u.set(1000, 3, ("198.51.100.7", 1))  # grows the dense table
     assert u.lookup(1000) == (3, ("198.51.100.7", 1))
     u.remove(1000)
     assert u.lookup(1000) is None and u.peers() == []
@@ -270,20 +292,64 @@ def test_underlay_set_remove_replace():
 def test_roaming_moves_peer_to_latest_authenticated_endpoint():
     u = UnderlayRouter({1: (0, ("192.0.2.1", 51820)), 2: (1, ("192.0.2.2", 51820))})
     batch = batch_of(*[b"x"] * 5)
-    eps = [("203.0.113.9", 1111), ("192.0.2.2", 51820), ("203.0.113.9", 2222),
-           ("2001:db8::7", 7), ("203.0.113.66", 6)]
-    for i, (p, ep) in enumerate(zip([1, 2, 1, 4, 2], eps)):
+    eps = [
+        ("203.0.113.9", 1111),
+        ("192.0.2.2", 51820),
+        ("203.0.113.9", 2222),
+        ("2001:db8::7", 7),
+        ("203.0.113.66", 6),
+    ]
+    for i, (p, ep) in enumerate(zip([1, 2, 1, 4, 2], eps, strict=True)):
         batch.set_peer(i, p)
         batch.set_endpoint(i, ep)
-    batch.set_status(4, DropReason.BAD_TAG)      # forged: must not move peer 2
+    batch.set_status(4, DropReason.BAD_TAG)  # forged: must not move peer 2
     changed = u.roam(batch, transport=1)
-    assert changed == [1, 4]                     # peer 2 already there
-    assert u.lookup(1) == (1, ("203.0.113.9", 2222))   # last packet wins
+    assert changed == [1, 4]  # peer 2 already there
+    assert u.lookup(1) == (1, ("203.0.113.9", 2222))  # last packet wins
     assert u.lookup(2) == (1, ("192.0.2.2", 51820))
     assert u.lookup(4) == (1, ("2001:db8::7", 7))
-    assert u.roam(batch, transport=1) == []      # nothing new the second time
+    assert u.roam(batch, transport=1) == []  # nothing new the second time
     # Routing now uses the roamed endpoint.
     out_batch = batch_of(b"y")
     out_batch.set_peer(0, 1)
     out, _ = u.route(out_batch)
     assert out[0] == 1 and out_batch.endpoint(0) == ("203.0.113.9", 2222)
+
+
+def test_concurrent_swaps_route_each_batch_by_one_table():
+    """A reader routing batches (GIL released) while tables are swapped sees, for each
+    batch, either the old or the new table, never a mix."""
+    import threading
+
+    tables = [build_outbound_table({p: ["0.0.0.0/0", "::/0"]}) for p in (1, 2)]
+    r = OutboundRouter(tables[0])
+    pkts = [pkt("10.0.0.1", f"10.{i // 256}.{i % 256}.1") for i in range(512)]
+    pkts += [pkt("fd00::1", f"fd00::{i:x}") for i in range(512)]
+    mixed: list[set] = []
+    seen: set = set()
+    stop = threading.Event()
+
+    def reader() -> None:
+        for _ in range(400):
+            if stop.is_set():
+                break
+            batch = PacketBatch.from_packets(pkts, capacity=len(pkts), mtu=64)
+            r.route(batch)
+            peers = set(batch.peer_ids)
+            seen.update(peers)
+            if len(peers) != 1:
+                mixed.append(peers)
+
+    t = threading.Thread(target=reader, name="lpm-reader")
+    t.start()
+    try:
+        for i in range(2000):
+            r.swap(tables[i % 2])
+            if not t.is_alive():
+                break
+    finally:
+        stop.set()
+        t.join(10)
+    assert not t.is_alive()
+    assert mixed == []
+    assert seen <= {1, 2}

@@ -19,7 +19,8 @@ def pkt(src: str, dst: str, payload: bytes = b"data") -> bytes:
     s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)
     if s.version == 4:
         return struct.pack("!BBHHHBBH", 0x45, 0, 20 + len(payload), 0, 0, 64, 6, 0) + (
-            s.packed + d.packed + payload)
+            s.packed + d.packed + payload
+        )
     return struct.pack("!IHBB", 0x60000000, len(payload), 6, 64) + s.packed + d.packed + payload
 
 
@@ -45,14 +46,14 @@ ALLOWED = {
     "peer, src, ok",
     [
         (1, "10.9.9.9", True),
-        (2, "10.9.9.9", False),       # peer 2 does not own it
-        (1, "10.1.9.9", False),       # overlap: the /16 of peer 2 is more specific
+        (2, "10.9.9.9", False),  # peer 2 does not own it
+        (1, "10.1.9.9", False),  # overlap: the /16 of peer 2 is more specific
         (2, "10.1.9.9", True),
-        (3, "10.1.2.3", True),        # /24 inside /16 inside /8
+        (3, "10.1.2.3", True),  # /24 inside /16 inside /8
         (2, "10.1.2.3", False),
         (1, "10.1.2.3", False),
         (2, "192.168.1.7", True),
-        (2, "192.168.1.8", False),    # no owner at all
+        (2, "192.168.1.8", False),  # no owner at all
         (1, "fd00::1", True),
         (1, "fd00:1::1", False),
         (2, "fd00:1::1", True),
@@ -70,8 +71,14 @@ def test_ownership_by_longest_prefix(peer, src, ok):
 
 def test_batch_mixes_families_dead_slots_and_bad_headers():
     f = SourceFilter(ALLOWED)
-    items = [(1, "10.9.9.9"), (2, "10.9.9.9"), (2, "fd00:1::5"), (1, "fd00:1::5"),
-             (3, "10.1.2.200"), (-1, "10.9.9.9")]
+    items = [
+        (1, "10.9.9.9"),
+        (2, "10.9.9.9"),
+        (2, "fd00:1::5"),
+        (1, "fd00:1::5"),
+        (3, "10.1.2.200"),
+        (-1, "10.9.9.9"),
+    ]
     batch = PacketBatch.from_packets(
         [pkt(s, "100.64.0.1" if ":" not in s else "fd7a::1") for _, s in items]
         + [b"\x45" + b"\x00" * 10, pkt("10.9.9.9", "100.64.0.1")],
@@ -81,11 +88,17 @@ def test_batch_mixes_families_dead_slots_and_bad_headers():
         batch.set_peer(i, p)
     batch.set_peer(6, 1)
     batch.set_peer(7, 2)
-    batch.set_status(7, DropReason.BAD_TAG)     # already dropped: left alone
+    batch.set_status(7, DropReason.BAD_TAG)  # already dropped: left alone
     assert f.apply(batch) == 3
     assert [batch.status_of(i) for i in range(8)] == [
-        DropReason.OK, DropReason.SOURCE_FILTER, DropReason.OK, DropReason.SOURCE_FILTER,
-        DropReason.OK, DropReason.SOURCE_FILTER, DropReason.BAD_IP, DropReason.BAD_TAG,
+        DropReason.OK,
+        DropReason.SOURCE_FILTER,
+        DropReason.OK,
+        DropReason.SOURCE_FILTER,
+        DropReason.OK,
+        DropReason.SOURCE_FILTER,
+        DropReason.BAD_IP,
+        DropReason.BAD_TAG,
     ]
 
 

@@ -112,8 +112,9 @@ def _decode_out(v: int | None) -> WireGuard | Loopback | Drop | None:
     return Drop()
 
 
-def host_prefix(addr: str | ipaddress.IPv4Address | ipaddress.IPv6Address
-                ) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+def host_prefix(
+    addr: str | ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     """The /32 or /128 of one address (an interface like 100.64.0.1/10 counts too)."""
     if isinstance(addr, str) and "/" in addr:
         addr = ipaddress.ip_interface(addr).ip
