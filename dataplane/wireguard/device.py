@@ -66,6 +66,7 @@ from .constants import (
     KEEPALIVE_TIMEOUT,
     MESSAGE_COOKIE_REPLY,
     MESSAGE_INITIATION,
+    MESSAGE_INITIATION_SIZE,
     MESSAGE_RESPONSE,
     REKEY_AFTER_MESSAGES,
     REKEY_AFTER_TIME,
@@ -101,7 +102,7 @@ log = logging.getLogger(__name__)
 _UNSET: object = object()
 _INIT_HEADER = struct.Struct("<II")
 _RESP_HEADER = struct.Struct("<III")
-_CONTROL_BATCH = 16  # control messages per output batch
+_CONTROL_BATCH = 8  # control messages per output batch
 
 
 class ConfigError(ValueError):
@@ -147,7 +148,8 @@ class _Out:
         key = (peer, endpoint)
         b = self._open.get(key)
         if b is None or b.room == 0:
-            b = PacketBatch(capacity=_CONTROL_BATCH, mtu=self.mtu)
+            # Control messages are at most 148 bytes (an initiation): small slots.
+            b = PacketBatch(capacity=_CONTROL_BATCH, mtu=MESSAGE_INITIATION_SIZE)
             self._open[key] = b
             self.items.append(Transmit(peer, endpoint, b))
         b.append(message)
