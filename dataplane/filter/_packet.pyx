@@ -623,7 +623,7 @@ cdef class FilterCore:
     def check_inbound(self, PacketBatch batch not None, double now):
         cdef CompiledRules rules = self.rules      # held so the tables outlive the loop
         cdef const RuleTables* R = &rules.t
-        cdef FlowTable* ft = &self.ft
+        cdef const FlowTable* ft = &self.ft
         cdef Py_ssize_t i, n = batch.count, dropped = 0
         cdef Py_ssize_t limit = batch.slot_size
         cdef uint8_t st
@@ -634,7 +634,7 @@ cdef class FilterCore:
         # they lie inside their slot; anything else is malformed.
         with nogil:
             # Reads the slab, offsets, lengths and the flow table; writes status[i] only.
-            ft_purge(ft, now)
+            # No purge here: inbound traffic never changes the table.
             for i in range(n):
                 if status[i] != ST_OK:
                     continue
