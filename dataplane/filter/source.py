@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataplane._batch import PacketBatch
 from dataplane.routing._lpm import LpmTable
 from dataplane.routing._route import check_sources
-from dataplane.routing.overlay import allowed_ips_table
+from dataplane.routing.overlay import Address, allowed_ips_table
 
 __all__ = ["SourceFilter"]
 
@@ -54,11 +54,11 @@ class SourceFilter:
         old, self._table = self._table, table.freeze()
         return old
 
-    def owner(self, addr: object) -> int | None:
+    def owner(self, addr: Address) -> int | None:
         """The peer that owns a source address, or None."""
         return self._table.lookup(addr)
 
-    def allows(self, peer: int, addr: object) -> bool:
+    def allows(self, peer: int, addr: Address) -> bool:
         return self._table.lookup(addr) == peer
 
     def apply(self, batch: PacketBatch) -> int:

@@ -1,4 +1,5 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
+# cython: cdivision=True
 """Longest-prefix-match table: IPv4 and IPv6 prefixes -> small non-negative integers.
 
 Theory of operation
@@ -183,7 +184,7 @@ cdef int read_ip_addr(const uint8_t *pkt, Py_ssize_t n, bint source,
     cdef const uint8_t *a
     cdef int ihl
     cdef int k
-    cdef uint64_t h = 0, l = 0
+    cdef uint64_t h = 0, lw = 0
     if n < 1:
         return 0
     if (pkt[0] >> 4) == 4:
@@ -201,9 +202,9 @@ cdef int read_ip_addr(const uint8_t *pkt, Py_ssize_t n, bint source,
         a = pkt + (8 if source else 24)
         for k in range(8):
             h = (h << 8) | a[k]
-            l = (l << 8) | a[k + 8]
+            lw = (lw << 8) | a[k + 8]
         hi[0] = h
-        lo[0] = l
+        lo[0] = lw
         return 6
     return 0
 
@@ -651,7 +652,7 @@ cdef int _parse_addr(object addr, uint64_t *hi, uint64_t *lo) except -1:
     """Parse an address: returns 4 or 6. Accepts str, ipaddress objects, packed bytes."""
     cdef const uint8_t[::1] b
     cdef int k
-    cdef uint64_t h = 0, l = 0
+    cdef uint64_t h = 0, lw = 0
     if isinstance(addr, str):
         if _parse_v4_text(<str>addr, hi):
             lo[0] = 0
@@ -667,9 +668,9 @@ cdef int _parse_addr(object addr, uint64_t *hi, uint64_t *lo) except -1:
         if b.shape[0] == 16:
             for k in range(8):
                 h = (h << 8) | b[k]
-                l = (l << 8) | b[k + 8]
+                lw = (lw << 8) | b[k + 8]
             hi[0] = h
-            lo[0] = l
+            lo[0] = lw
             return 6
         raise ValueError(f"packed address must be 4 or 16 bytes, got {b.shape[0]}")
     if isinstance(addr, ipaddress.IPv4Address):
@@ -687,33 +688,33 @@ cdef int _parse_addr(object addr, uint64_t *hi, uint64_t *lo) except -1:
 cdef int _parse_prefix(object prefix, uint64_t *hi, uint64_t *lo, int *plen) except -1:
     """Parse a prefix (host bits are truncated, as WireGuard does): returns 4 or 6."""
     cdef int fam, maxlen
-    cdef object a, l
+    cdef object a, lw
     if isinstance(prefix, tuple):
         if len(prefix) != 2:
             raise ValueError(f"prefix tuple must be (address, length), got {prefix!r}")
-        a, l = prefix
+        a, lw = prefix
     elif isinstance(prefix, str):
-        a, sep, l = (<str>prefix).partition("/")
+        a, sep, lw = (<str>prefix).partition("/")
         if not sep:
-            l = None
+            lw = None
     elif isinstance(prefix, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
-        a, l = prefix.network_address, prefix.prefixlen
+        a, lw = prefix.network_address, prefix.prefixlen
     elif isinstance(prefix, (ipaddress.IPv4Interface, ipaddress.IPv6Interface)):
-        a, l = prefix.network.network_address, prefix.network.prefixlen
+        a, lw = prefix.network.network_address, prefix.network.prefixlen
     else:
-        a, l = prefix, None
+        a, lw = prefix, None
     try:
         fam = _parse_addr(a, hi, lo)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"invalid prefix {prefix!r}: {exc}") from None
     maxlen = 32 if fam == 4 else 128
-    if l is None:
+    if lw is None:
         plen[0] = maxlen
     else:
-        if isinstance(l, str) and not (<str>l).isdigit():
+        if isinstance(lw, str) and not (<str>lw).isdigit():
             raise ValueError(f"invalid prefix length in {prefix!r}")
         try:
-            plen[0] = int(l)
+            plen[0] = int(lw)
         except (ValueError, TypeError, OverflowError):
             raise ValueError(f"invalid prefix length in {prefix!r}") from None
         if not 0 <= plen[0] <= maxlen:
@@ -732,7 +733,7 @@ cdef void _collect(list out, int fam, const LpmNode *n, int d, uint64_t hi,
                    uint64_t lo) except *:
     """Append (network, value) of every prefix below n (whose path is hi/lo, 8d bits)."""
     cdef int i, rl, o
-    cdef uint64_t h, l, bits
+    cdef uint64_t h, lw, bits
     cdef const LpmKid *k
     cdef int r = 0
     for i in range(1, 256):
@@ -741,12 +742,12 @@ cdef void _collect(list out, int fam, const LpmNode *n, int d, uint64_t hi,
         rl = 63 - dp_clz64(<uint64_t>i)
         bits = <uint64_t>((i - (1 << rl)) << (8 - rl))
         h = hi
-        l = lo
+        lw = lo
         if d < 8:
             h |= bits << (56 - 8 * d)
         else:
-            l |= bits << (56 - 8 * (d - 8))
-        out.append((_make_network(fam, h, l, 8 * d + rl), n.vals[r]))
+            lw |= bits << (56 - 8 * (d - 8))
+        out.append((_make_network(fam, h, lw, 8 * d + rl), n.vals[r]))
         r += 1
     r = 0
     for o in range(256):
@@ -758,12 +759,12 @@ cdef void _collect(list out, int fam, const LpmNode *n, int d, uint64_t hi,
             out.append((_make_network(fam, k.hi, k.lo, k.plen), k.value))
             continue
         h = hi
-        l = lo
+        lw = lo
         if d < 8:
             h |= (<uint64_t>o) << (56 - 8 * d)
         else:
-            l |= (<uint64_t>o) << (56 - 8 * (d - 8))
-        _collect(out, fam, _kid_node(k), d + 1, h, l)
+            lw |= (<uint64_t>o) << (56 - 8 * (d - 8))
+        _collect(out, fam, _kid_node(k), d + 1, h, lw)
 
 
 cdef void _depth_stats(const LpmNode *n, int d, list counts) except *:

@@ -1,5 +1,7 @@
 """Typing stub for dataplane.routing._route (see _route.pyx)."""
 
+from typing_extensions import disjoint_base
+
 from dataplane._batch import PacketBatch
 from dataplane.routing._lpm import LpmTable
 
@@ -13,8 +15,10 @@ def route_outbound(table: LpmTable, batch: PacketBatch, loopback: object) -> tup
 def route_inbound(table: LpmTable, batch: PacketBatch, out: object) -> int: ...
 def check_sources(table: LpmTable, batch: PacketBatch) -> int: ...
 
+@disjoint_base
 class UnderlayTable:
-    size: int
+    @property
+    def size(self) -> int: ...
     def __init__(self, size: int = ...) -> None: ...
     def grow(self, size: int) -> None: ...
     def set(self, peer: int, transport: int, addr16: bytes, port: int) -> None: ...

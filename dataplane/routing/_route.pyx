@@ -1,4 +1,5 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
+# cython: cdivision=True
 """Per-packet kernels of the routers and the source filter, over a PacketBatch.
 
 Theory of operation: routing tables are :class:`LpmTable` s whose int32 values encode a

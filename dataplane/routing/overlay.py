@@ -35,6 +35,7 @@ import array
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from dataplane._batch import PacketBatch
 from dataplane.routing._lpm import LpmTable
@@ -49,6 +50,7 @@ from dataplane.routing._route import (
 )
 
 __all__ = [
+    "Address",
     "Drop",
     "InboundRouter",
     "Loopback",
@@ -60,6 +62,10 @@ __all__ = [
     "build_outbound_table",
     "host_prefix",
 ]
+
+
+#: An address as the routers accept it: text, packed 4/16 bytes or an ipaddress object.
+Address = str | bytes | ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 @dataclass(frozen=True)
@@ -154,7 +160,7 @@ def allowed_ips_table(peer_routes: Mapping[int, Iterable[object]]) -> LpmTable:
 def build_outbound_table(
     peer_routes: Mapping[int, Iterable[object]] | None = None,
     *,
-    local_addresses: Mapping[object, int] | None = None,
+    local_addresses: Mapping[Any, int] | None = None,
     loopback_routes: Mapping[object, int] | None = None,
     drop_routes: Iterable[object] = (),
 ) -> LpmTable:
@@ -168,7 +174,7 @@ def build_outbound_table(
     values: dict = {}
     for net, peer in _peer_claims(peer_routes or {}).items():
         values[net] = _encode(KIND_PEER, peer)
-    for addr, transport in (local_addresses or {}).items():
+    for addr, transport in (local_addresses or {}).items():  # each an Address
         values[host_prefix(addr)] = _encode(KIND_LOOPBACK, _check_id("transport id", transport))
     for prefix, transport in (loopback_routes or {}).items():
         values[_net(prefix)] = _encode(KIND_LOOPBACK, _check_id("transport id", transport))
@@ -222,7 +228,7 @@ class _Router:
 class OutboundRouter(_Router):
     """Destination -> WireGuard peer | loopback | drop | no route."""
 
-    def lookup(self, addr: object) -> WireGuard | Loopback | Drop | None:
+    def lookup(self, addr: Address) -> WireGuard | Loopback | Drop | None:
         return _decode_out(self._table.lookup(addr))
 
     def route(self, batch: PacketBatch, loopback: object = None) -> tuple[object, int, int]:
@@ -239,7 +245,7 @@ class OutboundRouter(_Router):
 class InboundRouter(_Router):
     """Destination of a decrypted packet -> overlay transport | drop."""
 
-    def lookup(self, addr: object) -> ToOverlay | Drop | None:
+    def lookup(self, addr: Address) -> ToOverlay | Drop | None:
         v = self._table.lookup(addr)
         if v is None:
             return None
