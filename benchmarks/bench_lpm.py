@@ -12,8 +12,8 @@ Groups (compare within a group, lookups per call in ``extra_info``):
                | LpmTable.lookup_packed over packed addresses | LpmTable.lookup per call
                | pytricia.get per call (its fastest key form: int for IPv4, packed
                bytes for IPv6)
-Memory (RSS growth while building, and LpmTable's exact C heap) is in ``extra_info`` of
-the build benchmarks and in the summary.
+Memory (malloc'd bytes still held after building, and LpmTable's own count of its C
+heap) is in ``extra_info`` of the build benchmarks and in the summary.
 
 Run:      python -m pytest benchmarks/bench_lpm.py --benchmark-only
 Summary:  python benchmarks/bench_lpm.py      (build time, memory, lookup rates, ratio)
@@ -22,6 +22,7 @@ Summary:  python benchmarks/bench_lpm.py      (build time, memory, lookup rates,
 from __future__ import annotations
 
 import array
+import ctypes
 import functools
 import gc
 import os
@@ -75,14 +76,40 @@ V6_LENS = [
 ]
 
 
-def _rss() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        import resource
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
 
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+def _heap_in_use() -> int:
+    """Bytes malloc has handed out and not got back (glibc mallinfo2), else RSS.
+
+    Measuring allocator usage rather than RSS keeps freed-and-reused memory (query and
+    key generation) out of the figures; both tables and pytricia's Python value objects
+    come from malloc (pymalloc arenas are mmap'd blocks counted in ``hblkhd``).
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        f = libc.mallinfo2
+        f.restype = _MallInfo2
+        mi = f()
+        return int(mi.uordblks + mi.hblkhd)
+    except (AttributeError, OSError):
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 @dataclass
@@ -174,22 +201,22 @@ class Built:
     tri: object
     lpm_build_s: float
     tri_build_s: float
-    lpm_rss: int
-    tri_rss: int
+    lpm_mem: int
+    tri_mem: int
 
 
 @functools.cache
 def built(name: str) -> Built:
     ds = dataset(name)
     gc.collect()
-    r0 = _rss()
+    r0 = _heap_in_use()
     t0 = time.perf_counter()
     lpm = build_lpm(ds)
     t1 = time.perf_counter()
-    r1 = _rss()
+    r1 = _heap_in_use()
     tri = build_pytricia(ds)
     t2 = time.perf_counter()
-    r2 = _rss()
+    r2 = _heap_in_use()
     # Sanity: both answer every query the same way (insert order is the same, so
     # duplicate prefixes keep the same last value in both).
     out = array.array("i", bytes(4 * NQUERY))
@@ -210,7 +237,7 @@ def test_build_lpm(benchmark, name):
     ds = dataset(name)
     b = built(name)
     benchmark.extra_info.update(
-        prefixes=len(b.lpm), c_heap_bytes=b.lpm.memory_bytes(), rss_growth_bytes=b.lpm_rss
+        prefixes=len(b.lpm), c_heap_bytes=b.lpm.memory_bytes(), malloc_growth_bytes=b.lpm_mem
     )
     t = benchmark.pedantic(build_lpm, args=(ds,), rounds=1, iterations=1)
     assert len(t) == len(b.lpm)
@@ -221,7 +248,7 @@ def test_build_pytricia(benchmark, name):
     benchmark.group = f"build-{name}"
     ds = dataset(name)
     b = built(name)
-    benchmark.extra_info.update(prefixes=len(b.tri), rss_growth_bytes=b.tri_rss)
+    benchmark.extra_info.update(prefixes=len(b.tri), malloc_growth_bytes=b.tri_mem)
     p = benchmark.pedantic(build_pytricia, args=(ds,), rounds=1, iterations=1)
     assert len(p) == len(b.tri)
 
@@ -333,7 +360,7 @@ def rates(name: str) -> dict[str, float]:
 def summary(names: list[str]) -> None:
     print(
         f"{'dataset':9} {'prefixes':>9} | {'build s':>7} {'pytricia':>8} | "
-        f"{'heap MB':>7} {'RSS MB':>6} {'pytricia':>8} | {'batch M/s':>9} {'packed':>7} "
+        f"{'heap MB':>7} {'malloc':>6} {'pytricia':>8} | {'batch M/s':>9} {'packed':>7} "
         f"{'percall':>7} {'pytricia':>8} | {'batch/pytricia':>14}"
     )
     for name in names:
@@ -341,7 +368,7 @@ def summary(names: list[str]) -> None:
         rate = rates(name)
         print(
             f"{name:9} {len(b.lpm):>9} | {b.lpm_build_s:7.2f} {b.tri_build_s:8.2f} | "
-            f"{b.lpm.memory_bytes() / 1e6:7.1f} {b.lpm_rss / 1e6:6.1f} {b.tri_rss / 1e6:8.1f} | "
+            f"{b.lpm.memory_bytes() / 1e6:7.1f} {b.lpm_mem / 1e6:6.1f} {b.tri_mem / 1e6:8.1f} | "
             f"{rate['batch_views']:9.2f} {rate['packed']:7.2f} {rate['percall']:7.2f} "
             f"{rate['tri']:8.2f} | {rate['batch_views'] / rate['tri']:13.1f}x"
         )
