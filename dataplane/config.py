@@ -68,8 +68,12 @@ class ConfigError(ValueError):
     """A configuration file problem, with where it is: ``file:line: key: message``."""
 
     def __init__(
-        self, message: str, *, file: str = "<string>", line: int | None = None,
-        key: str | None = None
+        self,
+        message: str,
+        *,
+        file: str = "<string>",
+        line: int | None = None,
+        key: str | None = None,
     ) -> None:
         self.file = file
         self.line = line
@@ -124,10 +128,12 @@ class Config:
     peers: list[PeerConfig] = field(default_factory=list)
 
 
-# -- value parsers (raise ValueError; the caller adds file, line and key) -----------------------
+# -- value parsers (raise ValueError; the caller adds file, line and key) --
 
 _DECIMAL = re.compile(r"[0-9]{1,10}")
-_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_-]{1,63})*\.?")
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_-]{1,63})*\.?"
+)
 
 
 def _uint(text: str, limit: int, what: str) -> int:
@@ -197,7 +203,7 @@ def _dns(text: str) -> list[str]:
             out.append(str(ipaddress.ip_address(item)))
         except ValueError:
             if not _HOSTNAME.fullmatch(item):  # wg-quick treats non-IPs as search domains
-                raise ValueError(f"DNS entry {item!r} is neither an IP address nor a domain")
+                raise ValueError(f"DNS entry {item!r} is neither an IP nor a domain") from None
             out.append(item)
     return out
 
@@ -246,7 +252,7 @@ def parse_endpoint(text: str, resolver: Resolver | None = system_resolver) -> En
         address = str(ipaddress.ip_address(host))
     except ValueError:
         if not _HOSTNAME.fullmatch(host):
-            raise ValueError(f"endpoint host {host!r} is neither an IP address nor a host name")
+            raise ValueError(f"endpoint host {host!r} is not an IP or host name") from None
         if resolver is None:
             raise ValueError(f"endpoint host {host!r} is not an IP address") from None
         try:
@@ -260,7 +266,7 @@ def format_endpoint(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-# -- the section tables ----------------------------------------------------------------------------
+# -- the section tables --
 # key (lowercase) -> (canonical spelling, parser, attribute, how to store).
 # "set": last value wins; "extend": a list value accumulates; "append": one item per line.
 
@@ -281,8 +287,12 @@ _INTERFACE_KEYS: dict[str, tuple[str, Callable[[str], object], str, str]] = {
 _PEER_KEYS: dict[str, tuple[str, Callable[[str], object], str, str]] = {
     "publickey": ("PublicKey", PublicKey.from_base64, "public_key", "set"),
     "presharedkey": ("PresharedKey", PresharedKey.from_base64, "preshared_key", "set"),
-    "allowedips": ("AllowedIPs", lambda v: [_network(a) for a in _items(v)], "allowed_ips",
-                   "extend"),
+    "allowedips": (
+        "AllowedIPs",
+        lambda v: [_network(a) for a in _items(v)],
+        "allowed_ips",
+        "extend",
+    ),
     # Endpoint is special-cased: it needs the resolver.
     "endpoint": ("Endpoint", str, "endpoint", "set"),
     "persistentkeepalive": ("PersistentKeepalive", _keepalive, "persistent_keepalive", "set"),
@@ -309,8 +319,9 @@ def parse(
         try:
             text = bytes(text).decode("utf-8")
         except UnicodeDecodeError as e:
-            raise ConfigError(f"not UTF-8 text: {e.reason} at byte {e.start}",
-                              file=filename) from None
+            raise ConfigError(
+                f"not UTF-8 text: {e.reason} at byte {e.start}", file=filename
+            ) from None
     config = Config()
     iface_seen = False
     section: str | None = None
@@ -337,8 +348,12 @@ def parse(
         if not sep or not key:
             raise ConfigError(f"expected Key = Value, got {line!r}", file=filename, line=lineno)
         if section is None:
-            raise ConfigError("key outside of an [Interface] or [Peer] section",
-                              file=filename, line=lineno, key=key)
+            raise ConfigError(
+                "key outside of an [Interface] or [Peer] section",
+                file=filename,
+                line=lineno,
+                key=key,
+            )
         table = _INTERFACE_KEYS if section == "interface" else _PEER_KEYS
         entry = table.get(key.lower())
         if entry is None:
@@ -370,15 +385,24 @@ def parse(
     for draft in drafts:
         pk = draft.values.get("public_key")
         if pk is None:
-            raise ConfigError("[Peer] without a PublicKey", file=filename, line=draft.line,
-                              key="PublicKey")
+            raise ConfigError(
+                "[Peer] without a PublicKey", file=filename, line=draft.line, key="PublicKey"
+            )
         assert isinstance(pk, PublicKey)
         if pk in seen:
-            raise ConfigError(f"peer {pk} is already defined at line {seen[pk]}",
-                              file=filename, line=draft.line, key="PublicKey")
+            raise ConfigError(
+                f"peer {pk} is already defined at line {seen[pk]}",
+                file=filename,
+                line=draft.line,
+                key="PublicKey",
+            )
         if pk == own:
-            raise ConfigError("a peer has the interface's own public key", file=filename,
-                              line=draft.line, key="PublicKey")
+            raise ConfigError(
+                "a peer has the interface's own public key",
+                file=filename,
+                line=draft.line,
+                key="PublicKey",
+            )
         seen[pk] = draft.line
         config.peers.append(PeerConfig(**draft.values))  # type: ignore[arg-type]
     return config
@@ -402,12 +426,13 @@ def interface_name(path: str | os.PathLike[str]) -> str:
     base = os.path.basename(os.fspath(path))
     name = base[:-5] if base.endswith(".conf") else base
     if not re.fullmatch(r"[a-zA-Z0-9_=+.-]{1,15}", name):
-        raise ConfigError(f"{name!r} is not a valid interface name (1-15 of a-zA-Z0-9_=+.-)",
-                          file=os.fspath(path))
+        raise ConfigError(
+            f"{name!r} is not a valid interface name (1-15 of a-zA-Z0-9_=+.-)", file=os.fspath(path)
+        )
     return name
 
 
-# -- writing ----------------------------------------------------------------------------------------
+# -- writing --
 
 
 def _check_text(key: str, value: str) -> str:
@@ -436,8 +461,12 @@ def dump(config: Config, *, wg_only: bool = False) -> str:
             lines.append(f"DNS = {', '.join(_check_text('DNS', d) for d in i.dns)}")
         if i.table is not None:
             lines.append(f"Table = {_check_text('Table', i.table)}")
-        for key, hooks in (("PreUp", i.pre_up), ("PostUp", i.post_up),
-                           ("PreDown", i.pre_down), ("PostDown", i.post_down)):
+        for key, hooks in (
+            ("PreUp", i.pre_up),
+            ("PostUp", i.post_up),
+            ("PreDown", i.pre_down),
+            ("PostDown", i.post_down),
+        ):
             lines.extend(f"{key} = {_check_text(key, h)}" for h in hooks)
         if i.save_config is not None:
             lines.append(f"SaveConfig = {'true' if i.save_config else 'false'}")

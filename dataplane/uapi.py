@@ -106,7 +106,7 @@ class UAPIError(Exception):
         self.errno = errno
 
 
-# -- parsing a set request ------------------------------------------------------------------------
+# -- parsing a set request --
 
 
 @dataclass
@@ -241,7 +241,7 @@ def parse_set(lines: list[str]) -> SetRequest:
     return req
 
 
-# -- the core behind a swappable slot -----------------------------------------------------------
+# -- the core behind a swappable slot --
 
 
 class CoreSlot:
@@ -282,7 +282,7 @@ class CoreSlot:
         return getattr(self.core, name)
 
 
-# -- the interface --------------------------------------------------------------------------------
+# -- the interface --
 
 
 @dataclass
@@ -297,8 +297,9 @@ class _PeerModel:
     allowed: list[IPNetwork]
 
     def copy(self) -> _PeerModel:
-        return _PeerModel(self.pid, self.public_key, self.psk, self.endpoint, self.keepalive,
-                          list(self.allowed))
+        return _PeerModel(
+            self.pid, self.public_key, self.psk, self.endpoint, self.keepalive, list(self.allowed)
+        )
 
 
 def _low_order(public_key: PublicKey) -> bool:
@@ -483,8 +484,9 @@ class Interface:
                     self._apply_fwmark(req.fwmark)
 
     @staticmethod
-    def _plan(current: dict[bytes, _PeerModel], req: SetRequest,
-              own: PublicKey | None) -> dict[bytes, _PeerModel]:
+    def _plan(
+        current: dict[bytes, _PeerModel], req: SetRequest, own: PublicKey | None
+    ) -> dict[bytes, _PeerModel]:
         """Replay the request on copies, as wireguard-go would apply it line by line."""
         state = {} if req.replace_peers else {k: m.copy() for k, m in current.items()}
         if own is not None:
@@ -531,12 +533,14 @@ class Interface:
             psk=model.psk,
             endpoint=model.endpoint,
             persistent_keepalive=model.keepalive or None,
-            peer_id=model.pid if model.pid is not None and model.pid not in core.peer_ids()
+            peer_id=model.pid
+            if model.pid is not None and model.pid not in core.peer_ids()
             else None,
         )
 
-    def _apply_diff(self, core: DataPlane, current: dict[bytes, _PeerModel],
-                    target: dict[bytes, _PeerModel]) -> None:
+    def _apply_diff(
+        self, core: DataPlane, current: dict[bytes, _PeerModel], target: dict[bytes, _PeerModel]
+    ) -> None:
         for raw, old in current.items():
             if raw not in target:
                 assert old.pid is not None
@@ -574,8 +578,7 @@ class Interface:
         if i.fwmark is not None:
             req.fwmark = i.fwmark
         for p in config.peers:
-            op = PeerOp(p.public_key, psk=p.preshared_key,
-                        keepalive=p.persistent_keepalive or 0)
+            op = PeerOp(p.public_key, psk=p.preshared_key, keepalive=p.persistent_keepalive or 0)
             if p.endpoint is not None:
                 op.endpoint = parse_endpoint(format_endpoint(p.endpoint.pair()))
             op.allowed_ops = [("add", n) for n in p.allowed_ips]
@@ -590,7 +593,7 @@ def _unix_time(wall: float | None) -> tuple[int, int]:
     return ns // 1_000_000_000, ns % 1_000_000_000
 
 
-# -- the socket server ---------------------------------------------------------------------------
+# -- the socket server --
 
 
 class _LineTooLong(Exception):
@@ -668,8 +671,7 @@ class UAPIServer:
 
     def start(self) -> UAPIServer:
         self._sock = self._listen()
-        self._thread = threading.Thread(target=self._serve, name=f"uapi-{self.name}",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._serve, name=f"uapi-{self.name}", daemon=True)
         self._thread.start()
         return self
 
@@ -751,8 +753,11 @@ class UAPIServer:
                 os.unlink(self.path)
         self._wake_r.close()
         self._wake_w.close()
-        alive = [t.name for t in (self._thread, *conns, *late)
-                 if t is not None and t is not current and t.is_alive()]
+        alive = [
+            t.name
+            for t in (self._thread, *conns, *late)
+            if t is not None and t is not current and t.is_alive()
+        ]
         if alive:
             raise RuntimeError(f"UAPI threads did not stop within {timeout}s: {alive}")
 
@@ -804,8 +809,9 @@ class UAPIServer:
                 self.rejected_connections += 1
                 conn.close()
                 return
-            t = threading.Thread(target=self._handle, args=(conn,),
-                                 name=f"uapi-{self.name}-conn", daemon=True)
+            t = threading.Thread(
+                target=self._handle, args=(conn,), name=f"uapi-{self.name}-conn", daemon=True
+            )
             self._conns[t] = conn
         t.start()
 
