@@ -371,3 +371,21 @@ def test_hmac_blake2s_matches_stdlib(key_len):
     key = key[:key_len]
     for data in (b"", b"\x01", bytes(100)):
         assert noise.HMAC(key, data) == hmac.digest(key, data, hashlib.blake2s)
+
+
+def test_kdf_is_hkdf_with_hmac_blake2s():
+    import hashlib
+    import hmac
+
+    def hkdf(n, key, data):
+        t0 = hmac.digest(key, data, hashlib.blake2s)
+        out, prev = [], b""
+        for i in range(1, n + 1):
+            prev = hmac.digest(t0, prev + bytes([i]), hashlib.blake2s)
+            out.append(prev)
+        return out
+
+    key, data = bytes(range(32)), b"input keying material" * 3
+    assert [noise.KDF1(key, data)] == hkdf(1, key, data)
+    assert list(noise.KDF2(key, data)) == hkdf(2, key, data)
+    assert list(noise.KDF3(key, data)) == hkdf(3, key, data)

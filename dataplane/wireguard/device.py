@@ -536,8 +536,7 @@ class Device:
         peer.cookie.add_macs(msg_out, now)
         self._emit(peer, bytes(msg_out), now, out)
         self.events["response_sent"] += 1
-        self._timers_session_derived(peer, now)
-        self._schedule_expiry(peer)
+        self._timers_session_derived(peer, now)  # also schedules the keypairs' expiry
         return DropReason.HANDSHAKE
 
     def _confirm_next(self, peer: Peer, now: float, out: _Out) -> None:

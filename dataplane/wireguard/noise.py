@@ -91,9 +91,23 @@ _OPAD = bytes(x ^ 0x5C for x in range(256))
 _BLAKE2S_BLOCK = 64
 
 
+def _hmac_keyed(key: bytes) -> tuple:
+    """Inner and outer BLAKE2s states of HMAC under ``key`` (<= 64 bytes), for copying."""
+    key = key.ljust(_BLAKE2S_BLOCK, b"\0")
+    return hashlib.blake2s(key.translate(_IPAD)), hashlib.blake2s(key.translate(_OPAD))
+
+
+def _hmac_from(states: tuple, data: bytes) -> bytes:
+    inner = states[0].copy()
+    inner.update(data)
+    outer = states[1].copy()
+    outer.update(inner.digest())
+    return outer.digest()
+
+
 def HMAC(key: bytes, data: bytes) -> bytes:
     """RFC 2104 HMAC over BLAKE2s-256. Written out because the stdlib's generic path costs
-    half again as much, and the handshake runs 21 of these (keys here are <= 32 bytes)."""
+    half again as much, and a handshake runs 21 of these."""
     if len(key) > _BLAKE2S_BLOCK:
         key = hashlib.blake2s(key).digest()
     key = key.ljust(_BLAKE2S_BLOCK, b"\0")
@@ -104,22 +118,25 @@ def HMAC(key: bytes, data: bytes) -> bytes:
     return outer.digest()
 
 
+# KDF_n (whitepaper §5.4): HKDF with HMAC-BLAKE2s, empty info. Every output is an HMAC under
+# the same extracted key t0, so its two padded states are built once and copied.
+
+
 def KDF1(key: bytes, data: bytes) -> bytes:
-    t0 = HMAC(key, data)
-    return HMAC(t0, b"\x01")
+    return HMAC(HMAC(key, data), b"\x01")
 
 
 def KDF2(key: bytes, data: bytes) -> tuple[bytes, bytes]:
-    t0 = HMAC(key, data)
-    t1 = HMAC(t0, b"\x01")
-    return t1, HMAC(t0, t1 + b"\x02")
+    st = _hmac_keyed(HMAC(key, data))
+    t1 = _hmac_from(st, b"\x01")
+    return t1, _hmac_from(st, t1 + b"\x02")
 
 
 def KDF3(key: bytes, data: bytes) -> tuple[bytes, bytes, bytes]:
-    t0 = HMAC(key, data)
-    t1 = HMAC(t0, b"\x01")
-    t2 = HMAC(t0, t1 + b"\x02")
-    return t1, t2, HMAC(t0, t2 + b"\x03")
+    st = _hmac_keyed(HMAC(key, data))
+    t1 = _hmac_from(st, b"\x01")
+    t2 = _hmac_from(st, t1 + b"\x02")
+    return t1, t2, _hmac_from(st, t2 + b"\x03")
 
 
 def DH(private: X25519PrivateKey, public: bytes) -> bytes:
