@@ -19,18 +19,21 @@ ctypedef struct FamilyTable:
     uint64_t* src_hi
     uint64_t* src_lo
     uint32_t* src_set
-    # Destination side: segment i maps to entries[dst_off[i] : dst_off[i] + dst_len[i]].
+    # Destination side: segment i maps to entries[dst_off[i] : dst_off[i] + dst_len[i]]
+    # (sorted by rule id) and to bitset dst_set[i] of the rules owning those entries.
     Py_ssize_t ndst
     uint64_t* dst_hi
     uint64_t* dst_lo
     uint32_t* dst_off
     uint32_t* dst_len
+    uint32_t* dst_set
 
 ctypedef struct RuleTables:
     Py_ssize_t nrules
     Py_ssize_t nwords             # 64-bit words per rule bitset
-    uint64_t* protos              # nrules x 4 words: 256-bit IP protocol set per rule
-    uint64_t* bits                # bitset pool; set 0 is the empty set
+    Py_ssize_t nsets
+    uint64_t* proto_bits          # 256 x nwords: bitset of the rules listing each protocol
+    uint64_t* bits                # bitset pool (nsets x nwords); set 0 is the empty set
     DstEntry* entries
     FamilyTable fam[2]            # [0] IPv4, [1] IPv6
 

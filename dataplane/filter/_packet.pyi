@@ -6,7 +6,7 @@ from dataplane._batch import PacketBatch
 
 _FamilySpec = tuple[
     array.array[int], array.array[int], array.array[int], array.array[int],
-    array.array[int], array.array[int], array.array[int],
+    array.array[int], array.array[int], array.array[int], array.array[int],
 ]
 
 class CompiledRules:
@@ -14,7 +14,7 @@ class CompiledRules:
         self,
         nrules: int,
         nwords: int,
-        protos: array.array[int],
+        proto_bits: array.array[int],
         bits: array.array[int],
         ent_rule: array.array[int],
         ent_first: array.array[int],

@@ -10,8 +10,9 @@ consecutive interval boundaries of all source resp. destination IP sets):
 * a destination segment names a run of ``DstEntry`` (rule id, port range), one for every
   ``DstPorts`` entry whose IP set covers it.
 
-A verdict is two binary searches plus a scan of the destination run, testing each entry's
-rule against the source bitset, the rule's 256-bit protocol set and the port range. Prefixes,
+A verdict is two binary searches, an AND of three rule bitsets (source segment, destination
+segment, rules listing the protocol) and, for each surviving rule, a binary search of the
+destination run (sorted by rule) for that rule's port ranges. A deny usually ends at the AND. Prefixes,
 ``a-b`` ranges and ``*`` are all plain intervals, so ranges need no CIDR expansion.
 
 The flow table remembers what *we* sent (outbound pass) so that replies may come back: a
@@ -30,6 +31,10 @@ from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
 from dataplane._batch cimport ST_BAD_IP, ST_OK, ST_PACKET_FILTER, PacketBatch
+
+
+cdef extern from *:
+    int __builtin_ctzll(unsigned long long x) nogil   # GCC/Clang; x != 0
 
 cdef enum:
     # IP protocol numbers (IANA).
@@ -166,37 +171,63 @@ cdef inline Py_ssize_t seg_find(const uint64_t* shi, const uint64_t* slo, Py_ssi
     return a
 
 
+cdef inline Py_ssize_t first_of_rule(const DstEntry* e, Py_ssize_t a, Py_ssize_t b,
+                                     uint32_t r) noexcept nogil:
+    """Lower bound of rule ``r`` in the run e[a:b], which is sorted by rule id."""
+    cdef Py_ssize_t m
+    while a < b:
+        m = (a + b) >> 1
+        if e[m].rule < r:
+            a = m + 1
+        else:
+            b = m
+    return a
+
+
 cdef inline bint rules_match(const RuleTables* R, const Pkt* q, uint32_t port,
                              int mode) noexcept nogil:
+    """Some rule admits the source, lists the protocol (unless ``mode`` is M_IPS) and has
+    a DstPorts entry covering the destination (and port, per ``mode``)."""
     cdef const FamilyTable* F = &R.fam[q.fam]
     cdef const uint64_t* sb
+    cdef const uint64_t* db
+    cdef const uint64_t* pb
     cdef const DstEntry* e
-    cdef Py_ssize_t s, k, end
+    cdef Py_ssize_t s, d, k, off, end, w, nw = R.nwords
+    cdef uint64_t x
     cdef uint32_t r
     if F.nsrc == 0 or F.ndst == 0:
         return 0
     s = F.src_set[seg_find(F.src_hi, F.src_lo, F.nsrc, q.shi, q.slo)]
     if s == 0:
         return 0               # no rule admits this source: skip the destination search
-    sb = R.bits + s * R.nwords
-    k = seg_find(F.dst_hi, F.dst_lo, F.ndst, q.dhi, q.dlo)
-    end = F.dst_off[k] + F.dst_len[k]
-    k = F.dst_off[k]
-    while k < end:
-        e = &R.entries[k]
-        k += 1
-        r = e.rule
-        if not ((sb[r >> 6] >> (r & 63)) & 1):
-            continue
-        if mode == M_IPS:
-            return 1
-        if not ((R.protos[r * 4 + (q.proto >> 6)] >> (q.proto & 63)) & 1):
-            continue
-        if mode == M_PORT:
-            if e.first_port <= port <= e.last_port:
+    d = seg_find(F.dst_hi, F.dst_lo, F.ndst, q.dhi, q.dlo)
+    if F.dst_set[d] == 0:
+        return 0
+    sb = R.bits + s * nw
+    db = R.bits + F.dst_set[d] * nw
+    pb = R.proto_bits + q.proto * nw
+    off = F.dst_off[d]
+    end = off + F.dst_len[d]
+    for w in range(nw):
+        # Candidate rules: source and destination IP both covered (and protocol listed).
+        x = sb[w] & db[w]
+        if mode != M_IPS:
+            x &= pb[w]
+        while x:
+            if mode == M_IPS:
                 return 1
-        elif e.first_port == 0 and e.last_port == 65535:
-            return 1
+            r = <uint32_t>(w * 64 + __builtin_ctzll(x))
+            x &= x - 1
+            k = first_of_rule(R.entries, off, end, r)
+            while k < end and R.entries[k].rule == r:
+                e = &R.entries[k]
+                k += 1
+                if mode == M_PORT:
+                    if e.first_port <= port <= e.last_port:
+                        return 1
+                elif e.first_port == 0 and e.last_port == 65535:
+                    return 1
     return 0
 
 
@@ -462,33 +493,34 @@ cdef void* _copy(object arr, Py_ssize_t itemsize, Py_ssize_t* count) except? NUL
 cdef class CompiledRules:
     """Immutable C tables built by ``dataplane.filter.packet.compile_rules``.
 
-    Arguments are ``array.array`` buffers: ``protos`` ('Q', 4 words per rule), ``bits``
-    ('Q', ``nwords`` per set, set 0 empty), the entries as three parallel arrays
-    ('I', 'H', 'H'), and per family a tuple (src_hi 'Q', src_lo 'Q', src_set 'I', dst_hi
-    'Q', dst_lo 'Q', dst_off 'I', dst_len 'I'). The constructor checks every index so the
-    nogil code can trust them.
+    Arguments are ``array.array`` buffers: ``proto_bits`` ('Q', ``nwords`` per protocol
+    0..255), ``bits`` ('Q', ``nwords`` per set, set 0 empty), the entries as three parallel
+    arrays ('I', 'H', 'H'; runs sorted by rule), and per family a tuple (src_hi 'Q', src_lo
+    'Q', src_set 'I', dst_hi 'Q', dst_lo 'Q', dst_off 'I', dst_len 'I', dst_set 'I'). The
+    constructor checks every index so the nogil code can trust them.
     """
 
     def __cinit__(self):
         memset(&self.t, 0, sizeof(RuleTables))
 
-    def __init__(self, Py_ssize_t nrules, Py_ssize_t nwords, protos, bits, ent_rule,
+    def __init__(self, Py_ssize_t nrules, Py_ssize_t nwords, proto_bits, bits, ent_rule,
                  ent_first, ent_last, v4, v6):
-        cdef Py_ssize_t n, nbits, nent, n2, f, i
+        cdef Py_ssize_t n, nbits, nent, n2, f, i, k
         cdef FamilyTable* F
         cdef RuleTables* t = &self.t
-        if self.t.protos != NULL or self.t.bits != NULL:
+        if self.t.proto_bits != NULL or self.t.bits != NULL:
             raise RuntimeError("CompiledRules is immutable")
         if nrules < 0 or nwords < 1 or nwords * 64 < nrules:
             raise ValueError("bad rule/bitset sizes")
         t.nrules = nrules
         t.nwords = nwords
-        t.protos = <uint64_t*>_copy(protos, 8, &n)
-        if n != 4 * nrules:
-            raise ValueError("protos must hold 4 words per rule")
+        t.proto_bits = <uint64_t*>_copy(proto_bits, 8, &n)
+        if n != 256 * nwords:
+            raise ValueError("proto_bits must hold one bitset per protocol number")
         t.bits = <uint64_t*>_copy(bits, 8, &nbits)
         if nbits < nwords or nbits % nwords:
             raise ValueError("bitset pool must hold whole sets, the empty set first")
+        t.nsets = nbits // nwords
         for i in range(nwords):
             if t.bits[i] != 0:
                 raise ValueError("bitset 0 must be empty")
@@ -508,14 +540,14 @@ cdef class CompiledRules:
                 t.entries[i].last_port = ent_last[i]
         for f, spec in enumerate((v4, v6)):
             F = &t.fam[f]
-            src_hi, src_lo, src_set, dst_hi, dst_lo, dst_off, dst_len = spec
+            src_hi, src_lo, src_set, dst_hi, dst_lo, dst_off, dst_len, dst_set = spec
             F.src_hi = <uint64_t*>_copy(src_hi, 8, &F.nsrc)
             F.src_lo = <uint64_t*>_copy(src_lo, 8, &n)
             F.src_set = <uint32_t*>_copy(src_set, 4, &n2)
             if n != F.nsrc or n2 != F.nsrc:
                 raise ValueError("source segment arrays differ in length")
             for i in range(F.nsrc):
-                if F.src_set[i] >= nbits // nwords:
+                if F.src_set[i] >= t.nsets:
                     raise ValueError("source bitset index out of range")
             if F.nsrc and (F.src_hi[0] != 0 or F.src_lo[0] != 0):
                 raise ValueError("the first source segment must start at address 0")
@@ -525,17 +557,23 @@ cdef class CompiledRules:
             if n != F.ndst or n2 != F.ndst:
                 raise ValueError("destination segment arrays differ in length")
             F.dst_len = <uint32_t*>_copy(dst_len, 4, &n2)
-            if n2 != F.ndst:
+            F.dst_set = <uint32_t*>_copy(dst_set, 4, &n)
+            if n2 != F.ndst or n != F.ndst:
                 raise ValueError("destination segment arrays differ in length")
             for i in range(F.ndst):
                 if <Py_ssize_t>F.dst_off[i] + F.dst_len[i] > nent:
                     raise ValueError("destination run out of range")
+                if F.dst_set[i] >= t.nsets:
+                    raise ValueError("destination bitset index out of range")
+                for k in range(F.dst_off[i] + 1, F.dst_off[i] + F.dst_len[i]):
+                    if t.entries[k - 1].rule > t.entries[k].rule:
+                        raise ValueError("destination run not sorted by rule")
             if F.ndst and (F.dst_hi[0] != 0 or F.dst_lo[0] != 0):
                 raise ValueError("the first destination segment must start at address 0")
 
     def __dealloc__(self):
         cdef int f
-        PyMem_Free(self.t.protos)
+        PyMem_Free(self.t.proto_bits)
         PyMem_Free(self.t.bits)
         PyMem_Free(self.t.entries)
         for f in range(2):
@@ -546,6 +584,7 @@ cdef class CompiledRules:
             PyMem_Free(self.t.fam[f].dst_lo)
             PyMem_Free(self.t.fam[f].dst_off)
             PyMem_Free(self.t.fam[f].dst_len)
+            PyMem_Free(self.t.fam[f].dst_set)
 
     @property
     def nrules(self):

@@ -314,12 +314,10 @@ def compile_rules(rules: Iterable[NetworkRule], caps: Iterable[str] = ()) -> Com
     live = [r for r in rules if r.dsts]          # a rule without DstPorts never matches
     nrules = len(live)
     nwords = max(1, (nrules + 63) // 64)
-    protos = array.array("Q")
-    for r in live:
-        words = [0, 0, 0, 0]
+    proto_bits = array.array("Q", [0] * (256 * nwords))
+    for rid, r in enumerate(live):
         for p in r.protos:
-            words[p >> 6] |= 1 << (p & 63)
-        protos.extend(words)
+            proto_bits[p * nwords + (rid >> 6)] |= 1 << (rid & 63)
     # Destination entries, deduplicated: (rule, first port, last port).
     entry_ids: dict[tuple[int, int, int], int] = {}
     dst_intervals: dict[int, list[tuple[int, int, int]]] = {4: [], 6: []}
@@ -341,37 +339,42 @@ def compile_rules(rules: Iterable[NetworkRule], caps: Iterable[str] = ()) -> Com
     # Runs of entry ids per destination segment; identical runs are shared.
     run_ids: dict[tuple[int, ...], tuple[int, int]] = {(): (0, 0)}
     flat: list[int] = []
+    def intern(ids: frozenset[int]) -> int:
+        sid = set_ids.get(ids)
+        if sid is None:
+            sid = set_ids[ids] = len(set_ids)
+            words = [0] * nwords
+            for rid in ids:
+                words[rid >> 6] |= 1 << (rid & 63)
+            bits.extend(words)
+        return sid
+
+    entry_of = [e for e, _ in entries]
     fams = []
     for version, top in ((4, _V4_MAX), (6, _V6_MAX)):
         src_segs = _sweep(src_intervals[version], top)
-        src_set = array.array("I")
-        for _, ids in src_segs:
-            sid = set_ids.get(ids)
-            if sid is None:
-                sid = set_ids[ids] = len(set_ids)
-                words = [0] * nwords
-                for rid in ids:
-                    words[rid >> 6] |= 1 << (rid & 63)
-                bits.extend(words)
-            src_set.append(sid)
+        src_set = array.array("I", (intern(ids) for _, ids in src_segs))
         dst_segs = _sweep(dst_intervals[version], top)
         dst_off = array.array("I")
         dst_len = array.array("I")
+        dst_set = array.array("I")
         for _, eids in dst_segs:
-            run = tuple(sorted(eids))
+            # Sorted by (rule, ports): the C side binary-searches a run for a rule.
+            run = tuple(sorted(eids, key=entry_of.__getitem__))
             where = run_ids.get(run)
             if where is None:
                 where = run_ids[run] = (len(flat), len(run))
                 flat.extend(run)
             dst_off.append(where[0])
             dst_len.append(where[1])
+            dst_set.append(intern(frozenset(entry_of[e][0] for e in run)))
         src_hi, src_lo = _split(p for p, _ in src_segs)
         dst_hi, dst_lo = _split(p for p, _ in dst_segs)
-        fams.append((src_hi, src_lo, src_set, dst_hi, dst_lo, dst_off, dst_len))
-    ent_rule = array.array("I", (entries[e][0][0] for e in flat))
-    ent_first = array.array("H", (entries[e][0][1] for e in flat))
-    ent_last = array.array("H", (entries[e][0][2] for e in flat))
-    return CompiledRules(nrules, nwords, protos, bits, ent_rule, ent_first, ent_last, *fams)
+        fams.append((src_hi, src_lo, src_set, dst_hi, dst_lo, dst_off, dst_len, dst_set))
+    ent_rule = array.array("I", (entry_of[e][0] for e in flat))
+    ent_first = array.array("H", (entry_of[e][1] for e in flat))
+    ent_last = array.array("H", (entry_of[e][2] for e in flat))
+    return CompiledRules(nrules, nwords, proto_bits, bits, ent_rule, ent_first, ent_last, *fams)
 
 
 # ----------------------------------------------------------------------------- the filter
