@@ -133,6 +133,7 @@ class Lab:
 
     def up(self) -> None:
         for ns in (self.ns_wg, self.ns_us):
+            run("ip", "netns", "del", ns, check=False)  # left over by a killed run (pid reuse)
             run("ip", "netns", "add", ns)
             run("ip", "-n", ns, "link", "set", "lo", "up")
         run("ip", "-n", self.ns_wg, "link", "add", "veth0", "type", "veth", "peer", "name",
