@@ -427,7 +427,14 @@ class Interface:
     def set_lines(self, lines: list[str]) -> int:
         """Parse and apply one request; returns the errno to reply (0 on success)."""
         try:
-            self.set(parse_set(lines))
+            request = parse_set(lines)
+        except UAPIError as e:
+            with self._set_lock:
+                self.sets_refused += 1
+            log.info("uapi set refused (errno %d): %s", e.errno, e)
+            return e.errno
+        try:
+            self.set(request)
         except UAPIError as e:
             log.info("uapi set refused (errno %d): %s", e.errno, e)
             return e.errno
