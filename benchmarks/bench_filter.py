@@ -35,7 +35,7 @@ ME6 = "fd7a:115c:a1e0::1"
 
 
 def _v4(rng: random.Random) -> str:
-    return str(ipaddress.IPv4Address(0x64400000 + rng.randrange(1 << 22)))   # 100.64/10
+    return str(ipaddress.IPv4Address(0x64400000 + rng.randrange(1 << 22)))  # 100.64/10
 
 
 def _v6(rng: random.Random) -> str:
@@ -70,20 +70,28 @@ def large_rules(rng: random.Random) -> list[dict]:
             if kind == 0:
                 srcs.append(a)
             elif kind == 1:
-                srcs.append(str(ipaddress.ip_network(f"{a}/{rng.randrange(16, 32)}",
-                                                     strict=False)))
+                srcs.append(str(ipaddress.ip_network(f"{a}/{rng.randrange(16, 32)}", strict=False)))
             else:
                 b = ipaddress.IPv4Address(a) + rng.randrange(1000)
                 srcs.append(f"{a}-{b}")
         dsts = []
         for _ in range(3):
             first = rng.randrange(1, 60000)
-            dsts.append({"IP": rng.choice(["*", "100.100.0.0/16", ME4, ME6]),
-                         "Ports": {"First": first, "Last": first + rng.randrange(100)}})
-        rules.append({"SrcIPs": srcs, "DstPorts": dsts,
-                      "IPProto": rng.choice([[6], [17], [6, 17], []])})
-    rules.append({"SrcIPs": ["100.64.0.0/10", "fd7a:115c:a1e0::/48"],
-                  "DstPorts": [{"IP": "*", "Ports": {"First": 22, "Last": 22}}]})
+            dsts.append(
+                {
+                    "IP": rng.choice(["*", "100.100.0.0/16", ME4, ME6]),
+                    "Ports": {"First": first, "Last": first + rng.randrange(100)},
+                }
+            )
+        rules.append(
+            {"SrcIPs": srcs, "DstPorts": dsts, "IPProto": rng.choice([[6], [17], [6, 17], []])}
+        )
+    rules.append(
+        {
+            "SrcIPs": ["100.64.0.0/10", "fd7a:115c:a1e0::/48"],
+            "DstPorts": [{"IP": "*", "Ports": {"First": 22, "Last": 22}}],
+        }
+    )
     return rules
 
 
@@ -91,8 +99,10 @@ def _ip(src: str, dst: str, proto: int, l4: bytes) -> bytes:
     a, b = ipaddress.ip_address(src), ipaddress.ip_address(dst)
     if a.version == 4:
         body = l4 + bytes(SIZE - 20 - len(l4))
-        return struct.pack("!BBHHHBBH4s4s", 0x45, 0, SIZE, 0, 0, 64, proto, 0,
-                           a.packed, b.packed) + body
+        return (
+            struct.pack("!BBHHHBBH4s4s", 0x45, 0, SIZE, 0, 0, 64, proto, 0, a.packed, b.packed)
+            + body
+        )
     body = l4 + bytes(SIZE - 40 - len(l4))
     return struct.pack("!IHBB", 0x60000000, len(body), proto, 64) + a.packed + b.packed + body
 
@@ -117,19 +127,19 @@ def traffic(rng: random.Random) -> tuple[list[bytes], list[bytes]]:
         me, peer = (ME4, _v4(rng)) if v4 else (ME6, _v6(rng))
         sp, dp = rng.randrange(1024, 65536), rng.randrange(1, 65536)
         kind = i % 8
-        if kind in (0, 1):                           # SYN to SSH (allowed) / elsewhere
+        if kind in (0, 1):  # SYN to SSH (allowed) / elsewhere
             inbound.append(_ip(peer, me, 6, _tcp(sp, 22 if kind == 0 else dp, 0x02)))
             outbound.append(_ip(me, peer, 6, _tcp(dp, sp, 0x12)))
-        elif kind == 2:                              # established TCP
+        elif kind == 2:  # established TCP
             inbound.append(_ip(peer, me, 6, _tcp(sp, dp, 0x10)))
             outbound.append(_ip(me, peer, 6, _tcp(dp, sp, 0x10)))
-        elif kind in (3, 4):                         # UDP reply to our flow
+        elif kind in (3, 4):  # UDP reply to our flow
             outbound.append(_ip(me, peer, 17, _udp(dp, sp)))
             inbound.append(_ip(peer, me, 17, _udp(sp, dp)))
-        elif kind == 5:                              # unsolicited UDP
+        elif kind == 5:  # unsolicited UDP
             inbound.append(_ip(peer, me, 17, _udp(sp, dp)))
             outbound.append(_ip(me, peer, 17, _udp(dp, sp + 1)))
-        else:                                        # ping out, reply in / ping in
+        else:  # ping out, reply in / ping in
             req, rep = (8, 0) if v4 else (128, 129)
             outbound.append(_ip(me, peer, 1 if v4 else 58, _icmp(req, sp)))
             inbound.append(_ip(peer, me, 1 if v4 else 58, _icmp(rep if kind == 6 else req, sp)))

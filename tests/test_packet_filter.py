@@ -31,8 +31,19 @@ SYN, ACK, FIN, RST = 0x02, 0x10, 0x01, 0x04
 def ip4(src, dst, proto, payload, *, frag=0, options=b"", total=None):
     ihl = 5 + len(options) // 4
     tot = 4 * ihl + len(payload) if total is None else total
-    hdr = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, tot, 0, frag, 64, proto, 0,
-                      ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed)
+    hdr = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x40 | ihl,
+        0,
+        tot,
+        0,
+        frag,
+        64,
+        proto,
+        0,
+        ipaddress.IPv4Address(src).packed,
+        ipaddress.IPv4Address(dst).packed,
+    )
     return hdr + options + payload
 
 
@@ -40,7 +51,7 @@ def ip6(src, dst, nh, payload, *, ext=(), plen=None):
     """``ext`` is a list of (header type, body) pairs walked before ``nh``."""
     chain = b""
     types = [t for t, _ in ext] + [nh]
-    for (t, body), nxt in zip(ext, types[1:]):
+    for (t, body), nxt in zip(ext, types[1:], strict=True):
         if t == 44:
             chain += bytes([nxt, 0]) + body
         elif t == 51:
@@ -50,8 +61,12 @@ def ip6(src, dst, nh, payload, *, ext=(), plen=None):
     first = types[0]
     body = chain + payload
     n = len(body) if plen is None else plen
-    return (struct.pack("!IHBB", 0x60000000, n, first, 64)
-            + ipaddress.IPv6Address(src).packed + ipaddress.IPv6Address(dst).packed + body)
+    return (
+        struct.pack("!IHBB", 0x60000000, n, first, 64)
+        + ipaddress.IPv6Address(src).packed
+        + ipaddress.IPv6Address(dst).packed
+        + body
+    )
 
 
 def ip(src, dst, proto, payload, **kw):
@@ -116,8 +131,10 @@ def send(f, packets, now=0.0):
 
 
 def rule(srcs, dsts, protos=None, **extra):
-    r = {"SrcIPs": srcs,
-         "DstPorts": [{"IP": ip_, "Ports": {"First": a, "Last": b}} for ip_, a, b in dsts]}
+    r = {
+        "SrcIPs": srcs,
+        "DstPorts": [{"IP": ip_, "Ports": {"First": a, "Last": b}} for ip_, a, b in dsts],
+    }
     if protos is not None:
         r["IPProto"] = protos
     r.update(extra)
@@ -133,10 +150,25 @@ SSH_FROM_PEER = [rule([PEER4, PEER6], [("*", 22, 22)])]
 
 
 def test_parse_all_source_forms():
-    rules = parse_rules(json.dumps([rule(
-        ["*", "10.0.0.1", "10.1.0.0/16", "10.2.0.1-10.2.0.9", "fd00::/8", "::1",
-         "fd01::1-fd01::ff", "cap:funnel"],
-        [("*", 1, 2), ("100.64.0.0/10", 3, 3), ("fd7a::1-fd7a::2", 4, 5)])]))
+    rules = parse_rules(
+        json.dumps(
+            [
+                rule(
+                    [
+                        "*",
+                        "10.0.0.1",
+                        "10.1.0.0/16",
+                        "10.2.0.1-10.2.0.9",
+                        "fd00::/8",
+                        "::1",
+                        "fd01::1-fd01::ff",
+                        "cap:funnel",
+                    ],
+                    [("*", 1, 2), ("100.64.0.0/10", 3, 3), ("fd7a::1-fd7a::2", 4, 5)],
+                )
+            ]
+        )
+    )
     (r,) = rules
     assert r.caps == ("funnel",)
     assert r.protos == DEFAULT_PROTOS
@@ -163,7 +195,7 @@ def test_capgrant_rules_are_not_packet_rules():
     grant = {"SrcIPs": ["*"], "CapGrant": [{"Dsts": ["100.64.0.0/10"], "Caps": ["x"]}]}
     assert parse_rules([grant]) == []
     both = dict(rule(["*"], [("*", 22, 22)]), CapGrant=[{"Dsts": ["*"]}])
-    assert len(parse_rules([both])) == 1          # Go keeps the network part
+    assert len(parse_rules([both])) == 1  # Go keeps the network part
 
 
 @pytest.mark.parametrize(
@@ -186,8 +218,12 @@ def test_capgrant_rules_are_not_packet_rules():
         ([rule(["*"], [], [True])], 0, "IPProto[0]", "integer"),
         ([{"SrcIPs": "*", "DstPorts": []}], 0, "SrcIPs", "list"),
         ([{"SrcIPs": ["*"], "DstPorts": [{"IP": "*"}]}], 0, "DstPorts[0].Ports", "First"),
-        ([{"SrcIPs": ["*"], "DstPorts": [{"Ports": {"First": 1, "Last": 1}}]}], 0,
-         "DstPorts[0].IP", "required"),
+        (
+            [{"SrcIPs": ["*"], "DstPorts": [{"Ports": {"First": 1, "Last": 1}}]}],
+            0,
+            "DstPorts[0].IP",
+            "required",
+        ),
         ([{"SrcIPs": ["*"], "DstPorts": [], "SrcBits": [32]}], 0, "SrcBits", "supported"),
         ([rule(["*"], []), rule(["*"], []), "x"], 2, None, "object"),
     ],
@@ -219,12 +255,16 @@ def test_bad_update_keeps_previous_filter():
     syn = ip4(PEER4, ME4, 6, tcp(999, 22))
     assert verdict(f, syn) == OK
     with pytest.raises(FilterError, match="rule 1, field DstPorts\\[0\\].Ports.First"):
-        f.update([rule(["*"], [("*", 80, 80)]),
-                  {"SrcIPs": ["*"], "DstPorts": [{"IP": "*", "Ports": {"First": "x", "Last": 1}}]}])
+        f.update(
+            [
+                rule(["*"], [("*", 80, 80)]),
+                {"SrcIPs": ["*"], "DstPorts": [{"IP": "*", "Ports": {"First": "x", "Last": 1}}]},
+            ]
+        )
     assert verdict(f, syn) == OK
     assert verdict(f, ip4(PEER4, ME4, 6, tcp(999, 80))) == PF
     assert len(f.rules) == 1
-    f.update("[]")                                 # an empty list blocks everything
+    f.update("[]")  # an empty list blocks everything
     assert verdict(f, syn) == PF
 
 
@@ -246,7 +286,7 @@ def test_default_deny_and_empty_filter():
     f = PacketFilter()
     assert verdict(f, ip4(PEER4, ME4, 6, tcp(1, 22))) == PF
     assert verdict(f, ip6(PEER6, ME6, 17, udp(1, 53))) == PF
-    assert verdict(f, b"") == OK                   # keepalive
+    assert verdict(f, b"") == OK  # keepalive
 
 
 def test_all_matching_rules_are_considered():
@@ -259,19 +299,29 @@ def test_all_matching_rules_are_considered():
 
 
 def test_rule_components_do_not_mix_across_rules():
-    f = PacketFilter([rule([PEER4], [("100.100.1.1", 22, 22)], [6]),
-                      rule([OTHER4], [("100.100.1.2", 53, 53)], [17])])
+    f = PacketFilter(
+        [
+            rule([PEER4], [("100.100.1.1", 22, 22)], [6]),
+            rule([OTHER4], [("100.100.1.2", 53, 53)], [17]),
+        ]
+    )
     assert verdict(f, ip4(PEER4, "100.100.1.1", 6, tcp(1, 22))) == OK
     assert verdict(f, ip4(PEER4, "100.100.1.2", 6, tcp(1, 53))) == PF
-    assert verdict(f, ip4(OTHER4, "100.100.1.2", 6, tcp(1, 53))) == PF   # rule 2 is UDP only
+    assert verdict(f, ip4(OTHER4, "100.100.1.2", 6, tcp(1, 53))) == PF  # rule 2 is UDP only
     assert verdict(f, ip4(OTHER4, "100.100.1.2", 17, udp(1, 53))) == OK
     assert verdict(f, ip4(OTHER4, "100.100.1.1", 17, udp(1, 22))) == PF
 
 
 def test_ranges_ports_and_protocols():
-    f = PacketFilter([rule(["100.64.0.10-100.64.0.20", "fd7a::5-fd7a::6"],
-                           [("100.100.0.0/24", 1000, 2000), ("fd7a:115c:a1e0::/48", 1000, 2000)],
-                           [17])])
+    f = PacketFilter(
+        [
+            rule(
+                ["100.64.0.10-100.64.0.20", "fd7a::5-fd7a::6"],
+                [("100.100.0.0/24", 1000, 2000), ("fd7a:115c:a1e0::/48", 1000, 2000)],
+                [17],
+            )
+        ]
+    )
     assert verdict(f, ip4("100.64.0.10", "100.100.0.7", 17, udp(1, 1000))) == OK
     assert verdict(f, ip4("100.64.0.20", "100.100.0.255", 17, udp(1, 2000))) == OK
     assert verdict(f, ip4("100.64.0.21", "100.100.0.7", 17, udp(1, 1500))) == PF
@@ -286,14 +336,15 @@ def test_ranges_ports_and_protocols():
 @pytest.mark.parametrize(("me", "peer", "other"), FAMILIES)
 def test_icmp_allowed_when_any_port_is_open(me, peer, other):
     f = PacketFilter([rule([peer], [(me, 22, 22)], [6])])
-    assert verdict(f, echo_request(peer, me, 7)) == OK       # Go matchIPsOnly
+    assert verdict(f, echo_request(peer, me, 7)) == OK  # Go matchIPsOnly
     assert verdict(f, echo_request(other, me, 7)) == PF
     assert verdict(f, echo_request(peer, other, 7)) == PF
 
 
 def test_other_protocols_need_the_full_port_range():
-    f = PacketFilter([rule([PEER4, PEER6], [("*", 0, 65535)], [47]),
-                      rule([OTHER4], [("*", 0, 100)], [47])])
+    f = PacketFilter(
+        [rule([PEER4, PEER6], [("*", 0, 65535)], [47]), rule([OTHER4], [("*", 0, 100)], [47])]
+    )
     assert verdict(f, ip4(PEER4, ME4, 47, b"\0" * 8)) == OK
     assert verdict(f, ip6(PEER6, ME6, 47, b"\0" * 8)) == OK
     assert verdict(f, ip4(OTHER4, ME4, 47, b"\0" * 8)) == PF
@@ -352,7 +403,7 @@ def test_icmp_echo_return_traffic(me, peer, other):
     assert send(f, [echo_request(me, other, 77)], now=1.0) == 1
     assert verdict(f, echo_reply(other, me, 77), now=2.0) == OK
     assert verdict(f, echo_reply(other, me, 78), now=2.0) == PF
-    assert verdict(f, echo_reply(peer, me, 77), now=2.0) == OK    # peer may ping us anyway
+    assert verdict(f, echo_reply(peer, me, 77), now=2.0) == OK  # peer may ping us anyway
     assert verdict(f, echo_request(other, me, 77), now=2.0) == PF  # a request is not a reply
     # Echo replies we send do not open anything.
     assert send(f, [echo_reply(me, "100.64.3.3" if ":" not in me else "fd00::3", 5)]) == 0
@@ -377,8 +428,11 @@ def test_icmp_errors_related_to_our_flows(me, peer, other):
     out_ping = echo_request(me, other, 9)
     v4 = ":" not in me
     too_big = 3 if v4 else 2
-    errors = [icmp_error(router, me, out_udp), icmp_error(other, me, out_tcp, too_big, 4),
-              icmp_error(router, me, out_ping, 11 if v4 else 3)]
+    errors = [
+        icmp_error(router, me, out_udp),
+        icmp_error(other, me, out_tcp, too_big, 4),
+        icmp_error(router, me, out_ping, 11 if v4 else 3),
+    ]
     assert verdicts(f, errors) == [PF, PF, PF]
     send(f, [out_udp, out_tcp, out_ping])
     assert verdicts(f, errors, now=1.0) == [OK, OK, OK]
@@ -388,9 +442,14 @@ def test_icmp_errors_related_to_our_flows(me, peer, other):
         icmp_error(router, me, ip(me, other, 17, udp(40000, 54))),
         icmp_error(router, me, ip(peer, other, 17, udp(40000, 53))),
         icmp_error(router, me, out_udp, cut=(20 if v4 else 40) + 3),
-        icmp_error(router, me, out_udp, 5 if v4 else 137),           # redirect
-        icmp_error(router, me, ip4("100.100.1.1", "1.1.1.1", 17, udp(40000, 53))
-                   if not v4 else ip6(ME6, OTHER6, 17, udp(40000, 53))),
+        icmp_error(router, me, out_udp, 5 if v4 else 137),  # redirect
+        icmp_error(
+            router,
+            me,
+            ip4("100.100.1.1", "1.1.1.1", 17, udp(40000, 53))
+            if not v4
+            else ip6(ME6, OTHER6, 17, udp(40000, 53)),
+        ),
         icmp_error(router, me, b""),
     ]
     assert verdicts(f, bad, now=1.0) == [PF] * len(bad)
@@ -416,13 +475,13 @@ def test_flow_expiry_is_refreshed_only_by_outbound():
     back = ip6(OTHER6, ME6, 17, udp(443, 5000))
     send(f, [out], now=100.0)
     assert verdict(f, back, now=129.9) == OK
-    assert verdict(f, back, now=130.0) == PF               # expired exactly at now + timeout
+    assert verdict(f, back, now=130.0) == PF  # expired exactly at now + timeout
     send(f, [out], now=130.0)
-    assert verdict(f, back, now=150.0) == OK               # inbound hits do not refresh...
+    assert verdict(f, back, now=150.0) == OK  # inbound hits do not refresh...
     assert verdict(f, back, now=160.0) == PF
     assert f.flow_count(160.0) == 0
     send(f, [out], now=161.0)
-    send(f, [out], now=180.0)                              # ...outbound does
+    send(f, [out], now=180.0)  # ...outbound does
     assert verdict(f, back, now=200.0) == OK
     assert f.flow_count(200.0) == 1
     f.clear_flows()
@@ -434,8 +493,8 @@ def test_flow_table_bound_evicts_least_recently_refreshed():
     outs = [ip4(ME4, OTHER4, 17, udp(2000 + i, 53)) for i in range(20)]
     backs = [ip4(OTHER4, ME4, 17, udp(53, 2000 + i)) for i in range(20)]
     send(f, outs[:8], now=1.0)
-    send(f, [outs[0]], now=2.0)                            # refresh flow 0
-    send(f, outs[8:10], now=3.0)                           # evicts flows 1 and 2
+    send(f, [outs[0]], now=2.0)  # refresh flow 0
+    send(f, outs[8:10], now=3.0)  # evicts flows 1 and 2
     assert f.flow_count(3.0) == 8
     got = verdicts(f, backs[:10], now=4.0)
     assert got == [OK, PF, PF, OK, OK, OK, OK, OK, OK, OK]
@@ -453,8 +512,9 @@ def test_expired_flows_make_room_before_live_ones_are_evicted():
     assert sorted(fl[5] for fl in f.flows(11.0)) == [3, 4, 5, 6]
 
 
-@pytest.mark.parametrize("kwargs", [{"max_flows": 0}, {"flow_timeout": 0.0},
-                                    {"flow_timeout": float("nan")}])
+@pytest.mark.parametrize(
+    "kwargs", [{"max_flows": 0}, {"flow_timeout": 0.0}, {"flow_timeout": float("nan")}]
+)
 def test_flow_table_parameters_are_validated(kwargs):
     with pytest.raises(ValueError):
         PacketFilter(**kwargs)
@@ -465,28 +525,28 @@ def test_flow_table_parameters_are_validated(kwargs):
 
 def test_ipv6_extension_headers_are_walked():
     f = PacketFilter(SSH_FROM_PEER)
-    hbh = (0, b"\x01\x04\0\0\0\0")           # Hop-by-Hop with a PadN option, 8 bytes
+    hbh = (0, b"\x01\x04\0\0\0\0")  # Hop-by-Hop with a PadN option, 8 bytes
     dst_opts = (60, b"\x01\x0c" + b"\0" * 12)
     routing = (43, b"\0\0\0\0\0\0")
-    ah = (51, b"\0" * 10)                    # AH: length in 4-octet units minus 2
-    first_frag = (44, b"\0\x01\0\0\0\x07")   # offset 0, M set
+    ah = (51, b"\0" * 10)  # AH: length in 4-octet units minus 2
+    first_frag = (44, b"\0\x01\0\0\0\x07")  # offset 0, M set
     for ext in ([hbh], [hbh, dst_opts], [routing, ah], [first_frag], [hbh, routing, dst_opts]):
         assert verdict(f, ip6(PEER6, ME6, 6, tcp(1, 22), ext=ext)) == OK, ext
         assert verdict(f, ip6(PEER6, ME6, 6, tcp(1, 23), ext=ext)) == PF, ext
         assert verdict(f, ip6(OTHER6, ME6, 6, tcp(1, 23, ACK), ext=ext)) == OK, ext
     later_frag = (44, b"\x01\x01\0\0\0\x07")  # offset 32: no transport header follows
     assert verdict(f, ip6(OTHER6, ME6, 17, b"payload!", ext=[later_frag])) == OK
-    assert verdict(f, ip6(OTHER6, ME6, 17, b"payload!", ext=[hbh] * 9)) == BAD   # too many
-    assert verdict(f, ip6(OTHER6, ME6, 17, b"payload!", ext=[hbh] * 8)) == PF    # 8 is fine
-    assert verdict(f, ip6(OTHER6, ME6, 17, b"short", ext=[hbh] * 8)) == BAD      # UDP cut
+    assert verdict(f, ip6(OTHER6, ME6, 17, b"payload!", ext=[hbh] * 9)) == BAD  # too many
+    assert verdict(f, ip6(OTHER6, ME6, 17, b"payload!", ext=[hbh] * 8)) == PF  # 8 is fine
+    assert verdict(f, ip6(OTHER6, ME6, 17, b"short", ext=[hbh] * 8)) == BAD  # UDP cut
     truncated = ip6(PEER6, ME6, 6, tcp(1, 22), ext=[dst_opts])
-    assert verdict(f, truncated[:40 + 8]) == BAD
+    assert verdict(f, truncated[: 40 + 8]) == BAD
 
 
 def test_ipv4_fragments_options_and_padding():
     f = PacketFilter(SSH_FROM_PEER)
     assert verdict(f, ip4(OTHER4, ME4, 17, b"tail-of-datagram", frag=100)) == OK
-    assert verdict(f, ip4(OTHER4, ME4, 17, udp(1, 22), frag=0x2000)) == PF   # first fragment
+    assert verdict(f, ip4(OTHER4, ME4, 17, udp(1, 22), frag=0x2000)) == PF  # first fragment
     assert verdict(f, ip4(PEER4, ME4, 6, tcp(1, 22), options=b"\x01\x01\x01\x00")) == OK
     padded = ip4(PEER4, ME4, 6, tcp(1, 22)) + b"\xff" * 16
     assert verdict(f, padded) == OK
@@ -494,16 +554,26 @@ def test_ipv4_fragments_options_and_padding():
     assert verdict(f, ip4(PEER4, ME4, 6, tcp(1, 22), total=30) + b"\0" * 30) == BAD
 
 
-@pytest.mark.parametrize("pkt", [
-    b"\x45", b"\x45" + b"\0" * 18, b"\x60" + b"\0" * 38, b"\x00" * 40, b"\x75" + b"\0" * 40,
-    ip4(PEER4, ME4, 6, tcp(1, 22), total=19), ip4(PEER4, ME4, 6, tcp(1, 22), total=100),
-    b"\x44" + ip4(PEER4, ME4, 6, tcp(1, 22))[1:],
-    b"\x4f" + ip4(PEER4, ME4, 6, tcp(1, 22))[1:],
-    ip6(PEER6, ME6, 6, tcp(1, 22), plen=100),
-    ip4(PEER4, ME4, 6, tcp(1, 22)[:19]), ip4(PEER4, ME4, 17, udp(1, 2)[:7]),
-    ip4(PEER4, ME4, 1, icmp(8)[:7]), ip6(PEER6, ME6, 58, icmp(128)[:7]),
-    ip6(PEER6, ME6, 132, sctp(1, 2)[:11]),
-])
+@pytest.mark.parametrize(
+    "pkt",
+    [
+        b"\x45",
+        b"\x45" + b"\0" * 18,
+        b"\x60" + b"\0" * 38,
+        b"\x00" * 40,
+        b"\x75" + b"\0" * 40,
+        ip4(PEER4, ME4, 6, tcp(1, 22), total=19),
+        ip4(PEER4, ME4, 6, tcp(1, 22), total=100),
+        b"\x44" + ip4(PEER4, ME4, 6, tcp(1, 22))[1:],
+        b"\x4f" + ip4(PEER4, ME4, 6, tcp(1, 22))[1:],
+        ip6(PEER6, ME6, 6, tcp(1, 22), plen=100),
+        ip4(PEER4, ME4, 6, tcp(1, 22)[:19]),
+        ip4(PEER4, ME4, 17, udp(1, 2)[:7]),
+        ip4(PEER4, ME4, 1, icmp(8)[:7]),
+        ip6(PEER6, ME6, 58, icmp(128)[:7]),
+        ip6(PEER6, ME6, 132, sctp(1, 2)[:11]),
+    ],
+)
 def test_malformed_packets_are_bad_ip(pkt):
     assert verdict(PacketFilter([rule(["*"], [("*", 0, 65535)])]), pkt) == BAD
 
@@ -542,10 +612,13 @@ def test_every_truncation_and_byte_flip_of_valid_packets():
     rng = random.Random(4)
     f = PacketFilter(SSH_FROM_PEER)
     m = PacketFilterModel(SSH_FROM_PEER)
-    seeds = [ip4(PEER4, ME4, 6, tcp(1, 22)), ip6(PEER6, ME6, 17, udp(1, 2)),
-             icmp_error("100.90.0.1", ME4, ip4(ME4, OTHER4, 17, udp(1, 2))),
-             icmp_error("fd00::9", ME6, ip6(ME6, OTHER6, 17, udp(1, 2)), cut=60),
-             ip6(PEER6, ME6, 6, tcp(1, 22), ext=[(0, b"\x01\x04\0\0\0\0"), (44, b"\0" * 6)])]
+    seeds = [
+        ip4(PEER4, ME4, 6, tcp(1, 22)),
+        ip6(PEER6, ME6, 17, udp(1, 2)),
+        icmp_error("100.90.0.1", ME4, ip4(ME4, OTHER4, 17, udp(1, 2))),
+        icmp_error("fd00::9", ME6, ip6(ME6, OTHER6, 17, udp(1, 2)), cut=60),
+        ip6(PEER6, ME6, 6, tcp(1, 22), ext=[(0, b"\x01\x04\0\0\0\0"), (44, b"\0" * 6)]),
+    ]
     for s in seeds:
         send(f, [s])
         m.record(s, 0.0)
@@ -557,7 +630,7 @@ def test_every_truncation_and_byte_flip_of_valid_packets():
             b[rng.randrange(len(b))] = rng.randrange(256)
             mutants.append(bytes(b))
     for start in range(0, len(mutants), 128):
-        chunk = mutants[start:start + 128]
+        chunk = mutants[start : start + 128]
         got = verdicts(f, chunk, now=1.0)
         assert got == [m.verdict(p, 1.0) for p in chunk]
 
@@ -614,8 +687,9 @@ def filter_rules(draw):
         first, last = draw(port_ranges())
         dsts.append({"IP": ip_set, "Ports": {"First": first, "Last": last}})
     r = {"SrcIPs": srcs, "DstPorts": dsts}
-    protos = draw(st.none() | st.lists(st.sampled_from([1, 6, 17, 58, 132, 47, 99, 256]),
-                                       max_size=3))
+    protos = draw(
+        st.none() | st.lists(st.sampled_from([1, 6, 17, 58, 132, 47, 99, 256]), max_size=3)
+    )
     if protos is not None:
         r["IPProto"] = protos
     return r
@@ -642,17 +716,21 @@ def packets(draw, outbound=False):
         if kind in (3, 11, 1, 2, 3) and draw(st.booleans()):
             q_src, q_dst = dst, str(draw(addresses(a.version)))
             qp = draw(st.sampled_from(["udp", "tcp", "ping"]))
-            inner = (ip(q_src, q_dst, 17, udp(dp, sp)) if qp == "udp" else
-                     ip(q_src, q_dst, 6, tcp(dp, sp)) if qp == "tcp" else
-                     echo_request(q_src, q_dst, ident))
-            body = inner[:draw(st.integers(0, len(inner)))]
+            inner = (
+                ip(q_src, q_dst, 17, udp(dp, sp))
+                if qp == "udp"
+                else ip(q_src, q_dst, 6, tcp(dp, sp))
+                if qp == "tcp"
+                else echo_request(q_src, q_dst, ident)
+            )
+            body = inner[: draw(st.integers(0, len(inner)))]
         pkt = ip(src, dst, 1 if v4 else 58, icmp(kind, 0, ident, 1, body))
     elif proto == "wrong-icmp":
         pkt = ip(src, dst, 58 if a.version == 4 else 1, icmp(8, 0, 1, 1))
     else:
         pkt = ip(src, dst, draw(st.sampled_from([47, 50, 99, 132])), b"\0" * 12)
     if draw(st.integers(0, 9)) == 0:
-        pkt = pkt[:draw(st.integers(0, len(pkt)))]
+        pkt = pkt[: draw(st.integers(0, len(pkt)))]
     return pkt
 
 
@@ -675,9 +753,13 @@ def conversations(draw):
     else:
         out, back = echo_request(m, p, sp), echo_reply(p, m, sp)
     hdr = 20 if me.version == 4 else 40
-    inbound = [back, icmp_error(str(stranger), m, out, cut=len(out)),
-               icmp_error(p, m, out, cut=hdr + 4), icmp_error(p, m, out, cut=hdr + 3),
-               ip(str(stranger), m, *_reply_parts(kind, sp, dp))]
+    inbound = [
+        back,
+        icmp_error(str(stranger), m, out, cut=len(out)),
+        icmp_error(p, m, out, cut=hdr + 4),
+        icmp_error(p, m, out, cut=hdr + 3),
+        ip(str(stranger), m, *_reply_parts(kind, sp, dp)),
+    ]
     return out, inbound
 
 
@@ -697,9 +779,15 @@ def _reply_parts(kind, sp, dp):
     caps=st.sets(st.sampled_from(CAPS)),
     max_flows=st.integers(1, 6),
     steps=st.lists(
-        st.tuples(st.floats(0, 20), st.lists(conversations(), max_size=8),
-                  st.lists(packets(), max_size=8), st.lists(packets(outbound=True), max_size=4)),
-        min_size=1, max_size=6),
+        st.tuples(
+            st.floats(0, 20),
+            st.lists(conversations(), max_size=8),
+            st.lists(packets(), max_size=8),
+            st.lists(packets(outbound=True), max_size=4),
+        ),
+        min_size=1,
+        max_size=6,
+    ),
 )
 def test_compiled_filter_agrees_with_model(rules, caps, max_flows, steps):
     f = PacketFilter(rules, caps=caps, max_flows=max_flows, flow_timeout=15.0)
@@ -713,7 +801,7 @@ def test_compiled_filter_agrees_with_model(rules, caps, max_flows, steps):
         assert f.flows(now) == m.flows(now)
         probes = [q for c in convs for q in c[1]] + inbound
         for i in range(0, len(probes), 128):
-            chunk = probes[i:i + 128]
+            chunk = probes[i : i + 128]
             assert verdicts(f, chunk, now) == [m.verdict(p, now) for p in chunk]
         # Later steps probe replies to flows that may have expired or been evicted.
         later = [q for c in convs for q in c[1]]
@@ -722,8 +810,10 @@ def test_compiled_filter_agrees_with_model(rules, caps, max_flows, steps):
 
 
 @settings(max_examples=60, deadline=None)
-@given(rules=st.lists(filter_rules(), min_size=1, max_size=10),
-       probes=st.lists(packets(), min_size=1, max_size=40))
+@given(
+    rules=st.lists(filter_rules(), min_size=1, max_size=10),
+    probes=st.lists(packets(), min_size=1, max_size=40),
+)
 def test_compiled_rules_agree_with_model_without_flows(rules, probes):
     f = PacketFilter(rules)
     m = PacketFilterModel(rules)
@@ -737,8 +827,9 @@ def test_replies_to_random_outbound_traffic_pass():
     for _ in range(500):
         v = rng.choice([4, 6])
         me = ipaddress.ip_address(ME4 if v == 4 else ME6)
-        peer = ipaddress.ip_address(int(ipaddress.ip_address(OTHER4 if v == 4 else OTHER6))
-                                    + rng.randrange(1000))
+        peer = ipaddress.ip_address(
+            int(ipaddress.ip_address(OTHER4 if v == 4 else OTHER6)) + rng.randrange(1000)
+        )
         sp, dp = rng.randrange(65536), rng.randrange(65536)
         kind = rng.choice(["udp", "ping"])
         if kind == "udp":
@@ -748,7 +839,7 @@ def test_replies_to_random_outbound_traffic_pass():
             outs.append(echo_request(str(me), str(peer), sp))
             backs.append(echo_reply(str(peer), str(me), sp))
     for i in range(0, 500, 100):
-        send(f, outs[i:i + 100], now=1.0)
+        send(f, outs[i : i + 100], now=1.0)
     assert f.flow_count(1.0) == len(set(outs))
     for i in range(0, 500, 100):
-        assert verdicts(f, backs[i:i + 100], now=2.0) == [OK] * 100
+        assert verdicts(f, backs[i : i + 100], now=2.0) == [OK] * 100

@@ -2,13 +2,22 @@
 
 import array
 
+from typing_extensions import disjoint_base
+
 from dataplane._batch import PacketBatch
 
 _FamilySpec = tuple[
-    array.array[int], array.array[int], array.array[int], array.array[int],
-    array.array[int], array.array[int], array.array[int], array.array[int],
+    array.array[int],
+    array.array[int],
+    array.array[int],
+    array.array[int],
+    array.array[int],
+    array.array[int],
+    array.array[int],
+    array.array[int],
 ]
 
+@disjoint_base
 class CompiledRules:
     def __init__(
         self,
@@ -26,6 +35,7 @@ class CompiledRules:
     def nrules(self) -> int: ...
     def segment_counts(self) -> tuple[int, int, int, int]: ...
 
+@disjoint_base
 class FilterCore:
     rules: CompiledRules
     def __init__(

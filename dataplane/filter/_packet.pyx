@@ -1,4 +1,5 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
+# cython: cdivision=True
 """Per-packet core of the packet filter: compiled rule tables, flow table, batch loops.
 
 Theory of operation. ``dataplane.filter.packet`` turns FilterRule JSON into, per address
@@ -12,22 +13,24 @@ consecutive interval boundaries of all source resp. destination IP sets):
 
 A verdict is two binary searches, an AND of three rule bitsets (source segment, destination
 segment, rules listing the protocol) and, for each surviving rule, a binary search of the
-destination run (sorted by rule) for that rule's port ranges. A deny usually ends at the AND. Prefixes,
-``a-b`` ranges and ``*`` are all plain intervals, so ranges need no CIDR expansion.
+destination run (sorted by rule) for that rule's port ranges. A deny usually ends at the AND.
+Prefixes, ``a-b`` ranges and ``*`` are all plain intervals, so ranges need no CIDR expansion.
+Memory is O(boundaries x distinct rule sets / 64) words, shared between equal sets.
 
 The flow table remembers what *we* sent (outbound pass) so that replies may come back: a
 chained hash table of at most ``capacity`` entries threaded on an LRU list. An outbound
 packet inserts or refreshes its flow (expiry = now + timeout) and moves it to the LRU tail;
 with a constant timeout and a non-decreasing ``now`` the LRU head is also the entry that
 expires first, so expired entries are purged from the head and, when the table is full, the
-head is evicted. Lookups never modify the table. The hash is seeded per table.
+head is evicted. Lookups never modify the table. The hash is seeded per table (not a PRF;
+chains stay short because the table is at most half full).
 
 Both batch loops run ``with nogil:``; they read the packet slab and write only ``status``
 (inbound) or the flow table (outbound). The caller serialises calls (the core lock).
 """
 
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
-from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
 from dataplane._batch cimport ST_BAD_IP, ST_OK, ST_PACKET_FILTER, PacketBatch
@@ -605,7 +608,6 @@ cdef class FilterCore:
     def __init__(self, int max_flows, double flow_timeout, unsigned long long seed,
                  CompiledRules rules):
         cdef uint64_t nb = 1
-        cdef int32_t i
         if self.ft.e != NULL:
             raise RuntimeError("FilterCore is already initialised")
         if not 1 <= max_flows <= (1 << 28):

@@ -220,7 +220,7 @@ def _parse_rule(obj: Any, i: int) -> NetworkRule | None:
         if not isinstance(obj["CapGrant"], list):
             raise FilterError("must be a list", i, "CapGrant")
         if dst_list is None and proto_list is None:
-            return None        # application capability grant: not the packet filter's business
+            return None  # application capability grant: not the packet filter's business
     protos: set[int] = set()
     for j, p in enumerate(proto_list or ()):
         if isinstance(p, bool) or not isinstance(p, int):
@@ -275,6 +275,7 @@ def parse_rules(data: str | bytes | bytearray | Iterable[Any]) -> list[NetworkRu
 
 # ----------------------------------------------------------------------------- compilation
 
+
 def _sweep(intervals: list[tuple[int, int, int]], top: int) -> list[tuple[int, frozenset[int]]]:
     """Elementary segments of [0, top]: (start, ids of the intervals covering it), merged."""
     starts: dict[int, list[int]] = defaultdict(list)
@@ -311,7 +312,7 @@ def compile_rules(rules: Iterable[NetworkRule], caps: Iterable[str] = ()) -> Com
     """Build the C tables for ``rules``; ``caps`` are the capability names that ``cap:``
     sources are checked against (the caller's node capabilities)."""
     cap_set = frozenset(caps)
-    live = [r for r in rules if r.dsts]          # a rule without DstPorts never matches
+    live = [r for r in rules if r.dsts]  # a rule without DstPorts never matches
     nrules = len(live)
     nwords = max(1, (nrules + 63) // 64)
     proto_bits = array.array("Q", [0] * (256 * nwords))
@@ -339,6 +340,7 @@ def compile_rules(rules: Iterable[NetworkRule], caps: Iterable[str] = ()) -> Com
     # Runs of entry ids per destination segment; identical runs are shared.
     run_ids: dict[tuple[int, ...], tuple[int, int]] = {(): (0, 0)}
     flat: list[int] = []
+
     def intern(ids: frozenset[int]) -> int:
         sid = set_ids.get(ids)
         if sid is None:
@@ -379,6 +381,7 @@ def compile_rules(rules: Iterable[NetworkRule], caps: Iterable[str] = ()) -> Com
 
 # ----------------------------------------------------------------------------- the filter
 
+
 class PacketFilter:
     """Compiled FilterRules plus the table of flows we started.
 
@@ -418,7 +421,9 @@ class PacketFilter:
     def flow_timeout(self) -> float:
         return float(self._core.flow_timeout)
 
-    def update(self, rules: str | bytes | Iterable[Any], *, caps: Iterable[str] | None = None) -> None:
+    def update(
+        self, rules: str | bytes | Iterable[Any], *, caps: Iterable[str] | None = None
+    ) -> None:
         """Replace the rules (and, if given, the capabilities); flows are kept.
 
         Raises ``FilterError`` without changing anything when ``rules`` is invalid.

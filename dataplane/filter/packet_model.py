@@ -61,8 +61,14 @@ def parse_ip(pkt: bytes, embedded: bool = False) -> Parsed | None:
                 return None
             total = len(pkt)
         offset = int.from_bytes(pkt[6:8], "big") & 0x1FFF
-        return Parsed(4, pkt[9], ipaddress.IPv4Address(pkt[12:16]),
-                      ipaddress.IPv4Address(pkt[16:20]), pkt[ihl:total], offset != 0)
+        return Parsed(
+            4,
+            pkt[9],
+            ipaddress.IPv4Address(pkt[12:16]),
+            ipaddress.IPv4Address(pkt[16:20]),
+            pkt[ihl:total],
+            offset != 0,
+        )
     if version == 6:
         if len(pkt) < 40:
             return None
@@ -80,7 +86,7 @@ def parse_ip(pkt: bytes, embedded: bool = False) -> Parsed | None:
                 return None
             if nh == 44:
                 size = 8
-                nonfirst = (int.from_bytes(pkt[pos + 2:pos + 4], "big") >> 3) != 0
+                nonfirst = (int.from_bytes(pkt[pos + 2 : pos + 4], "big") >> 3) != 0
             elif nh == 51:
                 size = (pkt[pos + 1] + 2) * 4
             else:
@@ -106,23 +112,29 @@ def _min_l4(p: Parsed) -> int:
 
 
 def _port(b: bytes, at: int) -> int:
-    return int.from_bytes(b[at:at + 2], "big")
+    return int.from_bytes(b[at : at + 2], "big")
 
 
 class PacketFilterModel:
     """Same constructor and batch methods as ``PacketFilter``, evaluated in Python."""
 
-    def __init__(self, rules: str | bytes | Iterable[Any] = (), *, caps: Iterable[str] = (),
-                 max_flows: int = DEFAULT_MAX_FLOWS,
-                 flow_timeout: float = DEFAULT_FLOW_TIMEOUT) -> None:
+    def __init__(
+        self,
+        rules: str | bytes | Iterable[Any] = (),
+        *,
+        caps: Iterable[str] = (),
+        max_flows: int = DEFAULT_MAX_FLOWS,
+        flow_timeout: float = DEFAULT_FLOW_TIMEOUT,
+    ) -> None:
         self.rules: list[NetworkRule] = parse_rules(rules)
         self.caps = frozenset(caps)
         self.max_flows = max_flows
         self.flow_timeout = flow_timeout
         self.table: OrderedDict[FlowKey, float] = OrderedDict()
 
-    def update(self, rules: str | bytes | Iterable[Any], *,
-               caps: Iterable[str] | None = None) -> None:
+    def update(
+        self, rules: str | bytes | Iterable[Any], *, caps: Iterable[str] | None = None
+    ) -> None:
         self.rules = parse_rules(rules)
         if caps is not None:
             self.caps = frozenset(caps)
@@ -195,13 +207,24 @@ class PacketFilterModel:
         if inner.proto in (TCP, UDP, SCTP):
             if len(inner.l4) < 4:
                 return False
-            return self._known((inner.version, inner.proto, int(inner.dst), _port(inner.l4, 2),
-                                int(inner.src), _port(inner.l4, 0)), now)
+            return self._known(
+                (
+                    inner.version,
+                    inner.proto,
+                    int(inner.dst),
+                    _port(inner.l4, 2),
+                    int(inner.src),
+                    _port(inner.l4, 0),
+                ),
+                now,
+            )
         if inner.proto == _icmp_proto(inner.version):
             if len(inner.l4) < 8 or inner.l4[0] != (8 if inner.version == 4 else 128):
                 return False
-            return self._known((inner.version, inner.proto, int(inner.dst), _port(inner.l4, 4),
-                                int(inner.src), 0), now)
+            return self._known(
+                (inner.version, inner.proto, int(inner.dst), _port(inner.l4, 4), int(inner.src), 0),
+                now,
+            )
         return False
 
     def verdict(self, pkt: bytes, now: float) -> DropReason:
@@ -211,8 +234,9 @@ class PacketFilterModel:
         p = parse_ip(pkt)
         if p is None:
             return DropReason.BAD_IP
-        if p.dst.is_multicast or (p.dst.is_link_local
-                                  and p.dst != ipaddress.IPv4Address("169.254.169.254")):
+        if p.dst.is_multicast or (
+            p.dst.is_link_local and p.dst != ipaddress.IPv4Address("169.254.169.254")
+        ):
             return DropReason.PACKET_FILTER
         if p.nonfirst_fragment:
             return DropReason.OK
@@ -231,8 +255,9 @@ class PacketFilterModel:
             reply = 0 if p.version == 4 else 129
             related = False
             if kind == reply:
-                related = self._known((p.version, p.proto, int(p.src), _port(p.l4, 4),
-                                       int(p.dst), 0), now)
+                related = self._known(
+                    (p.version, p.proto, int(p.src), _port(p.l4, 4), int(p.dst), 0), now
+                )
             elif kind in errors:
                 related = self._error_related(p, now)
             allowed = related or self.matches(p, 0, "ips")
@@ -254,5 +279,8 @@ class PacketFilterModel:
         return dropped
 
     def record_outbound(self, batch: Any, now: float) -> int:
-        return sum(self.record(bytes(batch[i]), now) for i in range(len(batch))
-                   if batch.status_of(i) == DropReason.OK)
+        return sum(
+            self.record(bytes(batch[i]), now)
+            for i in range(len(batch))
+            if batch.status_of(i) == DropReason.OK
+        )
