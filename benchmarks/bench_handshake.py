@@ -6,7 +6,9 @@ static-static DH is precomputed per peer, as wireguard-go does), ``x25519_both``
 both sides. Measured: ``responder`` is Device.receive of one fresh initiation up to the
 response leaving (mac1, Noise, index, keypair, timers, output batch); ``full`` is one whole
 handshake between two Devices (initiation, response, confirmation keepalive).
-Target (issue 3): responder <= 1.5 x x25519_responder. ``extra_info`` holds the X25519 work.
+``responder_noise`` is the cryptographic core of the same work (mac1 check, Noise consume
+and respond, keypair derivation) without the device's bookkeeping.
+Target (issue 3): responder <= 1.5 x x25519_responder.
 
 Run: python3 -m pytest benchmarks/bench_handshake.py --benchmark-only -q
 """
@@ -97,6 +99,31 @@ def test_responder(benchmark):
 
     benchmark.pedantic(respond, setup=setup, rounds=ROUNDS, warmup_rounds=5)
     assert pair.b.events["response_sent"] == ROUNDS + 5
+
+
+@pytest.mark.benchmark(group="handshake-responder")
+def test_responder_noise(benchmark):
+    from dataplane.wireguard import noise
+    from dataplane.wireguard.keypair import Keypair
+    from dataplane.wireguard.messages import MessageInitiation
+
+    pair = Pair()
+    b = pair.b
+    priv = b.private_key.x25519()
+    psk = bytes(32)
+
+    def setup():
+        return (bytes(pair.initiation()[0]),), {}
+
+    def respond(msg):
+        assert b.cookie_checker.check_mac1(msg)
+        init = MessageInitiation.unpack(msg)
+        st = noise.consume_message_initiation(priv, b._responder_cache, init.noise_body,
+                                              b._static_static)
+        body, send, recv = noise.create_message_response(st, psk)
+        return body, Keypair.derive(send, recv, 1, init.sender, 0.0, False)
+
+    benchmark.pedantic(respond, setup=setup, rounds=ROUNDS, warmup_rounds=5)
 
 
 @pytest.mark.benchmark(group="handshake-full")

@@ -103,6 +103,10 @@ _UNSET: object = object()
 _INIT_HEADER = struct.Struct("<II")
 _RESP_HEADER = struct.Struct("<III")
 _CONTROL_BATCH = 8  # control messages per output batch
+# Slot statuses that are not drops: alive, or consumed by the device.
+_CONSUMED = frozenset({DropReason.OK.value, DropReason.KEEPALIVE.value,
+                       DropReason.HANDSHAKE.value})
+_REASONS = {r.value: r for r in DropReason}
 
 
 class ConfigError(ValueError):
@@ -341,7 +345,7 @@ class Device:
         after = batch.status_counts()
         for reason, (b, a) in enumerate(zip(before, after)):
             if reason and a > b:
-                self._count(DropReason(reason), a - b, "seal")
+                self._count(_REASONS[reason], a - b, "seal")
         n, nbytes = _wgbatch.tally_sealed(batch)
         if not n:
             return
@@ -592,9 +596,8 @@ class Device:
         _wgbatch.mark_unclaimed(batch, DropReason.UNKNOWN_RECEIVER)
         after = batch.status_counts()
         for reason, (b, a) in enumerate(zip(before, after)):
-            if a > b and reason not in (DropReason.OK, DropReason.KEEPALIVE,
-                                        DropReason.HANDSHAKE):
-                self.drops[DropReason(reason)] += a - b
+            if a > b and reason not in _CONSUMED:
+                self.drops[_REASONS[reason]] += a - b
         return out.items
 
     def _received_transport(self, peer: Peer, batch: PacketBatch, now: float,
