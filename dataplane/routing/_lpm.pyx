@@ -1064,6 +1064,10 @@ cdef void batch_lookup(LpmTable t, PacketBatch batch, bint source,
         n6 = 0
         for i in range(base, base + m):
             out[i] = LPM_NONE
+            # Headers of packets a few slots ahead: slots are slot_size apart, which the
+            # hardware stream prefetcher only partly covers.
+            if i + 8 < n:
+                dp_prefetch(batch.pkt_ptr(i + 8))
             if batch.status[i] != ST_OK:
                 continue
             fam = read_ip_addr(batch.pkt_ptr(i), batch.lengths[i], source, &his6[n6],
