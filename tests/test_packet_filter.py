@@ -268,6 +268,58 @@ def test_bad_update_keeps_previous_filter():
     assert verdict(f, syn) == PF
 
 
+def test_map_update_named_rulesets():
+    ssh = [rule([PEER4], [("*", 22, 22)])]
+    web = [rule([PEER4], [("*", 80, 80)])]
+    dns = [rule([PEER4], [("*", 53, 53)], [17])]
+    probes = [
+        ip4(PEER4, ME4, 6, tcp(1, 22)),
+        ip4(PEER4, ME4, 6, tcp(1, 80)),
+        ip4(PEER4, ME4, 17, udp(1, 53)),
+    ]
+    f = PacketFilter()
+    f.apply_map_update(json.dumps(ssh), {"web": web, "dns": json.dumps(dns)})
+    assert verdicts(f, probes) == [OK, OK, OK]
+    assert sorted(f.rulesets) == ["base", "dns", "web"]
+    f.apply_map_update(None, '{"web": null, "dns": []}')  # null and [] both remove
+    assert verdicts(f, probes) == [OK, PF, PF]
+    f.apply_map_update(None, None)  # nothing: unchanged
+    assert verdicts(f, probes) == [OK, PF, PF]
+    f.apply_map_update([], {"web": web})  # empty legacy list is kept...
+    assert verdicts(f, probes) == [PF, OK, PF]
+    assert f.rulesets["base"] == ()
+    # "*": null clears everything first, including this message's legacy PacketFilter.
+    f.apply_map_update(ssh, {"*": None, "dns": dns})
+    assert verdicts(f, probes) == [PF, PF, OK]
+    assert sorted(f.rulesets) == ["dns"]
+    f.apply_map_update(None, {"*": web})  # "*" with a value is a name
+    assert verdicts(f, probes) == [PF, OK, OK]
+    f.update(ssh)  # update replaces all rulesets
+    assert verdicts(f, probes) == [OK, PF, PF]
+
+
+def test_map_update_errors_name_the_ruleset_and_change_nothing():
+    f = PacketFilter()
+    f.apply_map_update(None, {"web": [rule([PEER4], [("*", 80, 80)])]})
+    bad = [rule(["*"], [("*", 1, 1)]), rule(["*"], [("*", 1, 1)], ["udp"])]
+    with pytest.raises(FilterError) as ei:
+        f.apply_map_update(None, {"*": None, "ok": [rule(["*"], [("*", 1, 1)])], "bad": bad})
+    e = ei.value
+    assert (e.ruleset, e.rule, e.field) == ("bad", 1, "IPProto[0]")
+    assert str(e).startswith("ruleset 'bad', rule 1, field IPProto[0]: ")
+    with pytest.raises(FilterError, match="ruleset 'base', rule 0, field SrcIPs"):
+        f.apply_map_update([{"DstPorts": []}], None)
+    with pytest.raises(FilterError, match="PacketFilters must be an object"):
+        f.apply_map_update(None, "[]")
+    with pytest.raises(FilterError, match="invalid JSON in PacketFilter"):
+        f.apply_map_update("[", None)
+    with pytest.raises(FilterError, match="ruleset 'x'.*list is required"):
+        f.apply_map_update(None, {"x": {"SrcIPs": []}})
+    assert sorted(f.rulesets) == ["base", "web"]
+    assert verdict(f, ip4(PEER4, ME4, 6, tcp(1, 80))) == OK
+    assert verdict(f, ip4(PEER4, ME4, 6, tcp(1, 1))) == PF
+
+
 # --------------------------------------------------------------------------- rule semantics
 
 

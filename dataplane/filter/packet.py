@@ -5,7 +5,9 @@ validates them (raising ``FilterError`` naming the rule index and field) into ``
 values whose IP sets are closed intervals of integers; ``compile_rules`` turns those into the
 C tables of ``_packet.CompiledRules`` (sorted elementary address segments → rule bitsets /
 DstPorts runs, see ``_packet.pyx``). ``PacketFilter.update`` compiles first and swaps second,
-so a bad update raises and leaves the previous filter in force.
+so a bad update raises and leaves the previous filter in force. ``apply_map_update`` keeps
+the control plane's named rulesets (legacy ``PacketFilter`` as ``"base"``, ``PacketFilters``
+with ``"*": null`` clearing all) and enforces their union.
 
 Inbound verdict for each alive slot (``check_inbound``), following Go ``wgengine/filter``
 (``RunIn``/``pre``) except where marked *ours*:
@@ -70,12 +72,18 @@ SCTP = 132
 DEFAULT_PROTOS = frozenset({ICMP, ICMPV6, TCP, UDP})
 DEFAULT_MAX_FLOWS = 4096
 DEFAULT_FLOW_TIMEOUT = 120.0
+#: Name under which the legacy ``MapResponse.PacketFilter`` list is kept (tailcfg).
+BASE_RULESET = "base"
+#: ``PacketFilters`` key whose ``null`` value clears every ruleset first (tailcfg).
+CLEAR_ALL_KEY = "*"
 
 _V4_MAX = (1 << 32) - 1
 _V6_MAX = (1 << 128) - 1
 _MASK64 = (1 << 64) - 1
 
 __all__ = [
+    "BASE_RULESET",
+    "CLEAR_ALL_KEY",
     "DEFAULT_FLOW_TIMEOUT",
     "DEFAULT_MAX_FLOWS",
     "DEFAULT_PROTOS",
@@ -90,12 +98,23 @@ __all__ = [
 
 
 class FilterError(ValueError):
-    """A FilterRule list the filter cannot use; ``rule`` and ``field`` locate the problem."""
+    """A FilterRule list the filter cannot use; ``ruleset`` (a ``PacketFilters`` name, if
+    any), ``rule`` (index) and ``field`` locate the problem."""
 
-    def __init__(self, message: str, rule: int | None = None, field: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        rule: int | None = None,
+        field: str | None = None,
+        ruleset: str | None = None,
+    ):
+        self.message = message
         self.rule = rule
         self.field = field
+        self.ruleset = ruleset
         where = []
+        if ruleset is not None:
+            where.append(f"ruleset {ruleset!r}")
         if rule is not None:
             where.append(f"rule {rule}")
         if field is not None:
@@ -382,11 +401,31 @@ def compile_rules(rules: Iterable[NetworkRule], caps: Iterable[str] = ()) -> Com
 # ----------------------------------------------------------------------------- the filter
 
 
+def _decode(data: Any, what: str) -> Any:
+    if isinstance(data, (str, bytes, bytearray)):
+        try:
+            return json.loads(data)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise FilterError(f"invalid JSON in {what}: {e}") from None
+    return data
+
+
+def _in_ruleset(name: str, data: Any) -> list[NetworkRule]:
+    try:
+        return parse_rules(data)
+    except FilterError as e:
+        raise FilterError(e.message, e.rule, e.field, name) from None
+
+
 class PacketFilter:
     """Compiled FilterRules plus the table of flows we started.
 
-    ``rules`` is FilterRule JSON text or the decoded list (default: none, deny all);
-    ``caps`` the node capabilities ``cap:`` sources are tested against (default none).
+    ``rules`` is FilterRule JSON text or the decoded list (default: none, deny all), kept
+    as ruleset ``"base"``; ``caps`` the node capabilities ``cap:`` sources are tested
+    against (default none). The effective rules are the union of all rulesets.
+
+    Not thread-safe: the caller serialises calls (the data plane's core lock). The batch
+    loops release the GIL but only touch the batch and this filter's tables.
     """
 
     def __init__(
@@ -402,12 +441,26 @@ class PacketFilter:
         compiled = compile_rules(parsed, cap_set)
         seed = int.from_bytes(os.urandom(8), "little")
         self._core = FilterCore(max_flows, flow_timeout, seed, compiled)
+        self._rulesets: dict[str, tuple[NetworkRule, ...]] = {BASE_RULESET: tuple(parsed)}
         self._rules = tuple(parsed)
         self._caps = cap_set
 
     @property
     def rules(self) -> tuple[NetworkRule, ...]:
+        """The network rules in force (all rulesets, in name order)."""
         return self._rules
+
+    @property
+    def rulesets(self) -> dict[str, tuple[NetworkRule, ...]]:
+        return dict(self._rulesets)
+
+    def _install(self, rulesets: dict[str, tuple[NetworkRule, ...]], caps: frozenset[str]) -> None:
+        rules = tuple(r for name in sorted(rulesets) for r in rulesets[name])
+        compiled = compile_rules(rules, caps)
+        self._core.set_rules(compiled)  # the swap: nothing changed before this line
+        self._rulesets = rulesets
+        self._rules = rules
+        self._caps = caps
 
     @property
     def caps(self) -> frozenset[str]:
@@ -424,22 +477,51 @@ class PacketFilter:
     def update(
         self, rules: str | bytes | Iterable[Any], *, caps: Iterable[str] | None = None
     ) -> None:
-        """Replace the rules (and, if given, the capabilities); flows are kept.
+        """Replace all rulesets by ``rules`` (as ``"base"``) and, if given, the
+        capabilities; flows are kept.
 
         Raises ``FilterError`` without changing anything when ``rules`` is invalid.
         """
         parsed = parse_rules(rules)
         cap_set = self._caps if caps is None else frozenset(caps)
-        compiled = compile_rules(parsed, cap_set)
-        self._core.set_rules(compiled)
-        self._rules = tuple(parsed)
-        self._caps = cap_set
+        self._install({BASE_RULESET: tuple(parsed)}, cap_set)
+
+    def apply_map_update(self, packet_filter: Any = None, packet_filters: Any = None) -> None:
+        """Apply a MapResponse's ``PacketFilter`` and ``PacketFilters`` (tailcfg semantics).
+
+        ``packet_filter`` (legacy, JSON text or list): None leaves ``"base"`` unchanged,
+        a list (even empty) replaces it. ``packet_filters`` (JSON object text or dict):
+        ``"*": null`` first clears every ruleset, including ``"base"`` and this message's
+        ``packet_filter``; then each other name is removed by ``null`` or ``[]`` and set by
+        a non-empty list. Everything is validated before anything changes; a
+        ``FilterError`` names the ruleset, rule and field.
+        """
+        rulesets = dict(self._rulesets)
+        named = _decode(packet_filters, "PacketFilters")
+        if named is None:
+            named = {}
+        if not isinstance(named, dict):
+            raise FilterError(f"PacketFilters must be an object, got {type(named).__name__}")
+        clear = CLEAR_ALL_KEY in named and named[CLEAR_ALL_KEY] is None
+        if clear:
+            rulesets.clear()
+        elif packet_filter is not None:
+            legacy = _decode(packet_filter, "PacketFilter")
+            rulesets[BASE_RULESET] = tuple(_in_ruleset(BASE_RULESET, legacy))
+        for name, value in named.items():
+            if not isinstance(name, str):
+                raise FilterError(f"PacketFilters key {name!r} is not a string")
+            if name == CLEAR_ALL_KEY and value is None:
+                continue
+            if value is None or value == []:
+                rulesets.pop(name, None)
+            else:
+                rulesets[name] = tuple(_in_ruleset(name, value))
+        self._install(rulesets, self._caps)
 
     def set_caps(self, caps: Iterable[str]) -> None:
         """Change the node capabilities ``cap:`` sources are tested against."""
-        cap_set = frozenset(caps)
-        self._core.set_rules(compile_rules(self._rules, cap_set))
-        self._caps = cap_set
+        self._install(self._rulesets, frozenset(caps))
 
     def check_inbound(self, batch: Any, now: float) -> int:
         """Filter decrypted inbound packets; returns how many alive slots were dropped."""
