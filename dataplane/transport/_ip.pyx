@@ -18,7 +18,8 @@ UDP layers do, over whole PacketBatches without the GIL:
   header and length fields against the bytes present, the IPv4 header checksum, the UDP
   checksum over the pseudo-header (RFC 768; RFC 8200 §8.1, where a zero checksum is
   dropped), and IPv6 extension headers (Hop-by-Hop, Routing with no segments left,
-  Destination Options are skipped). Fragments are not reassembled: IPv4 packets with MF
+  Destination Options are skipped; IPv4-mapped addresses in an IPv6 header are refused,
+  RFC 4291 §2.5.5.2). Fragments are not reassembled: IPv4 packets with MF
   or an offset and IPv6 packets with a Fragment header are dropped as V_FRAGMENT (an
   overlay socket never sends one, the overlay MTU being the data plane's). The result is
   a verdict per slot plus, for good ones, addresses, ports and the payload's span; the
@@ -40,6 +41,7 @@ bounds once per call, then checks every length before reading a header field.
 """
 
 import socket as _socket
+from ipaddress import IPv6Address as _IPv6Address
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
@@ -88,6 +90,7 @@ cdef enum:
 # The first 12 bytes of an IPv4-mapped IPv6 address (RFC 4291 §2.5.5.2).
 cdef uint8_t[12] _MAPPED = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF]
 _MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
+_ZERO12 = b"\x00" * 12
 
 # Per-verdict batch status (the closest ST_* reason; see the report for finer ones).
 cdef uint8_t[7] _STATUS_OF = [ST_OK, ST_OK, ST_TOO_SHORT, ST_BAD_IP, ST_BAD_TYPE,
@@ -301,6 +304,10 @@ cdef inline uint8_t _locate(const uint8_t* p, uint32_t n, bint* v4, uint32_t* l4
         end = 40 + <uint32_t>_be16(p + 4)
         if end > n:
             return V_TRUNCATED
+        # IPv4-mapped addresses must not appear on the wire (RFC 4291 §2.5.5.2); they
+        # would also alias our IPv4 addresses in the 16-byte tables.
+        if _is_v4(p + 8) or _is_v4(p + 24):
+            return V_BAD_HEADER
         nh = p[6]
         off = 40
         for hops in range(MAX_EXT_HEADERS):
@@ -547,6 +554,10 @@ def unpack_address(a16):
         raise ValueError(f"address must be 16 bytes, got {len(a)}")
     if a[:12] == _MAPPED_PREFIX:
         return _socket.inet_ntop(_socket.AF_INET, a[12:])
+    if a[:12] == _ZERO12:
+        # glibc writes these (deprecated IPv4-compatible) as "::a.b.c.d"; use the
+        # RFC 5952 form that ipaddress (and everyone else) gives.
+        return str(_IPv6Address(a))
     return _socket.inet_ntop(_socket.AF_INET6, a)
 
 

@@ -17,6 +17,7 @@ PROTO_ICMP = 1
 PROTO_UDP = 17
 PROTO_ICMPV6 = 58
 TTL = 64
+_MAPPED = b"\x00" * 10 + b"\xff\xff"
 
 
 def checksum(data: bytes) -> int:
@@ -113,6 +114,8 @@ def _locate(pkt: bytes) -> tuple[str, int, str, str, int, int] | str:
         end = 40 + struct.unpack_from("!H", pkt, 4)[0]
         if end > len(pkt):
             return "truncated"
+        if pkt[8:20] == _MAPPED or pkt[24:36] == _MAPPED:
+            return "bad_header"
         nh, off = pkt[6], 40
         for _ in range(8):
             if nh in (0, 43, 60):
