@@ -36,8 +36,10 @@ def _x25519_side(static: X25519PrivateKey, peer_static: bytes, peer_ephemeral: b
 
 @pytest.fixture(scope="module")
 def keys():
-    return (X25519PrivateKey.generate(), X25519PrivateKey.generate().public_key().public_bytes_raw(),
-            X25519PrivateKey.generate().public_key().public_bytes_raw())
+    def pub() -> bytes:
+        return X25519PrivateKey.generate().public_key().public_bytes_raw()
+
+    return X25519PrivateKey.generate(), pub(), pub()
 
 
 @pytest.mark.benchmark(group="handshake-responder")
@@ -76,8 +78,7 @@ class Pair:
     def initiation(self) -> PacketBatch:
         # Past REJECT_AFTER_TIME, so A's session is unusable and sending starts a handshake.
         self.now += 200.0
-        return self.wire(self.a.send(self.now, {1: PacketBatch.from_packets([b"x" * 64])}),
-                         A_EP)
+        return self.wire(self.a.send(self.now, {1: PacketBatch.from_packets([b"x" * 64])}), A_EP)
 
     def handshake(self) -> None:
         initiation = self.initiation()  # advances self.now
@@ -118,8 +119,9 @@ def test_responder_noise(benchmark):
     def respond(msg):
         assert b.cookie_checker.check_mac1(msg)
         init = MessageInitiation.unpack(msg)
-        st = noise.consume_message_initiation(priv, b._responder_cache, init.noise_body,
-                                              b._static_static)
+        st = noise.consume_message_initiation(
+            priv, b._responder_cache, init.noise_body, b._static_static
+        )
         body, send, recv = noise.create_message_response(st, psk)
         return body, Keypair.derive(send, recv, 1, init.sender, 0.0, False)
 

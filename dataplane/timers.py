@@ -54,8 +54,9 @@ class Handle(Generic[E]):
 
     __slots__ = ("_sched", "_key", "range", "event")
 
-    def __init__(self, sched: Scheduler[E], key: tuple[float, int], rng: TimeRange,
-                 event: E) -> None:
+    def __init__(
+        self, sched: Scheduler[E], key: tuple[float, int], rng: TimeRange, event: E
+    ) -> None:
         self._sched: Scheduler[E] | None = sched
         self._key = key
         self.range = rng

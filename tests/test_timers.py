@@ -69,11 +69,14 @@ def test_clear_makes_handles_inert():
     assert not h.pending and h.reschedule(2.0) is None and s.dispatch(9) == []
 
 
-@pytest.mark.parametrize("ranges,ops", [
-    # ts_time/proptest-regressions seeds, in seconds
-    ([(0.001, 0.001), (0.001, 0.002)], None),
-    ([(15.845, 15.845), (15.845, 15.845)], None),
-])
+@pytest.mark.parametrize(
+    "ranges,ops",
+    [
+        # ts_time/proptest-regressions seeds, in seconds
+        ([(0.001, 0.001), (0.001, 0.002)], None),
+        ([(15.845, 15.845), (15.845, 15.845)], None),
+    ],
+)
 def test_regression_seeds(ranges, ops):
     s = Scheduler()
     for i, (a, b) in enumerate(ranges):
@@ -102,8 +105,11 @@ def test_regression_add_dispatch_add():
 
 ranges_st = st.lists(
     st.tuples(st.integers(1, 65535), st.integers(0, 65535)).map(
-        lambda t: (t[0] / 1000, (t[0] + t[1]) / 1000)),
-    min_size=1, max_size=100)
+        lambda t: (t[0] / 1000, (t[0] + t[1]) / 1000)
+    ),
+    min_size=1,
+    max_size=100,
+)
 
 
 @settings(max_examples=200, deadline=None)

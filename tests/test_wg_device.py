@@ -43,14 +43,20 @@ class Node:
         self.key = key
         self.ep = ep  # where others reach it
         self.src = ep  # the source address its datagrams appear to come from
-        self.dev = Device(key, wall_clock=lambda: WALL0 + sim.now,
-                          rng=random.Random(name), **kw)
+        self.dev = Device(key, wall_clock=lambda: WALL0 + sim.now, rng=random.Random(name), **kw)
         self.delivered: list[tuple[float, int, bytes]] = []
 
 
 class Sim:
-    def __init__(self, seed: int = 1, psk: PresharedKey | None = None, ka_a=None, ka_b=None,
-                 keys: tuple[PrivateKey, PrivateKey] | None = None, **kw) -> None:
+    def __init__(
+        self,
+        seed: int = 1,
+        psk: PresharedKey | None = None,
+        ka_a=None,
+        ka_b=None,
+        keys: tuple[PrivateKey, PrivateKey] | None = None,
+        **kw,
+    ) -> None:
         self.now = 0.0
         rng = random.Random(seed)
         ka, kb = keys or (det_key(rng), det_key(rng))
@@ -281,7 +287,7 @@ def test_retries_with_jitter_and_give_up_at_90s_dropping_staged():
     sim.run_until(120.0)
     inits = [(t, pkt) for (t, s, _, ty, pkt) in sim.log if s == "a" and ty == 1]
     times = [t for t, _ in inits]
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
     assert all(REKEY_TIMEOUT <= g <= REKEY_TIMEOUT + REKEY_TIMEOUT_JITTER_MAX + 0.01 for g in gaps)
     assert len(set(round(g, 6) for g in gaps)) > 1  # jitter
     assert times[-1] < REKEY_ATTEMPT_TIME
@@ -355,7 +361,7 @@ def test_persistent_keepalive_cadence():
     sim.run_until(110.0)
     ka_times = sim.times("a", 4, since=1.0)
     assert len(ka_times) == 4
-    gaps = [b - a for a, b in zip([0.0] + ka_times, ka_times)]
+    gaps = [b - a for a, b in zip([0.0] + ka_times, ka_times, strict=False)]
     assert all(25.0 <= g <= 25.0 + 0.5 for g in gaps)
     assert sim.types("b", since=1.0) == []  # receiving keepalives arms nothing
     # Traffic postpones it: A sends data at 110, next keepalive 25 s after that.
@@ -682,7 +688,10 @@ def test_roaming_follows_authenticated_packets_only():
     old_data = [pkt for (_, s, _, ty, pkt) in sim.log if s == "a" and ty == 4][0]
     b = sim.inject(sim.b, ("203.0.113.1", 1), [old_data, b"\x04\0\0\0" + bytes(40), b"junk"])
     assert [b.status_of(i) for i in range(3)] == [
-        DropReason.REPLAY, DropReason.UNKNOWN_RECEIVER, DropReason.BAD_TYPE]
+        DropReason.REPLAY,
+        DropReason.UNKNOWN_RECEIVER,
+        DropReason.BAD_TYPE,
+    ]
     assert peer(sim.b).endpoint == A_EP
     sim.send(sim.a, [payload("from new address")])
     sim.deliver()

@@ -14,9 +14,9 @@ from collections import Counter
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_wg_device import A_EP, B_EP, Sim, payload
 
 from dataplane._batch import DropReason, PacketBatch
-from test_wg_device import A_EP, B_EP, Sim, payload
 
 CONSUMED = {DropReason.OK, DropReason.HANDSHAKE, DropReason.KEEPALIVE}
 
@@ -77,7 +77,8 @@ def check_receive(sim: Sim, packets: list[bytes], endpoints) -> PacketBatch:
 
 endpoint_st = st.tuples(
     st.sampled_from(["10.0.0.1", "203.0.113.5", "2001:db8::7", "::ffff:10.0.0.1"]),
-    st.integers(0, 65535))
+    st.integers(0, 65535),
+)
 
 
 def _mutate(msg: bytes, flips: list[tuple[int, int]]) -> bytes:
@@ -90,20 +91,24 @@ def _mutate(msg: bytes, flips: list[tuple[int, int]]) -> bytes:
 mutated_st = st.builds(
     _mutate,
     st.sampled_from([m for ms in VALID.values() for m in ms]),
-    st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=4))
+    st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=4),
+)
 
 wg_shaped_st = st.builds(
-    lambda t, body: bytes([t, 0, 0, 0]) + body,
-    st.integers(0, 6), st.binary(max_size=160))
+    lambda t, body: bytes([t, 0, 0, 0]) + body, st.integers(0, 6), st.binary(max_size=160)
+)
 
-packet_st = st.one_of(st.binary(max_size=200), wg_shaped_st, mutated_st,
-                      st.sampled_from([m for ms in VALID.values() for m in ms]),
-                      st.integers(0, 1000).map(_fresh_data))
+packet_st = st.one_of(
+    st.binary(max_size=200),
+    wg_shaped_st,
+    mutated_st,
+    st.sampled_from([m for ms in VALID.values() for m in ms]),
+    st.integers(0, 1000).map(_fresh_data),
+)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(packet_st, min_size=1, max_size=12), st.lists(endpoint_st, min_size=1,
-                                                               max_size=3))
+@given(st.lists(packet_st, min_size=1, max_size=12), st.lists(endpoint_st, min_size=1, max_size=3))
 def test_receive_never_raises_and_counts_every_drop(packets, endpoints):
     SIM.now += 0.013
     check_receive(SIM, packets, endpoints)
@@ -167,14 +172,30 @@ def test_receive_ignores_slots_already_dropped_or_claimed():
     assert sim.b.dev.drops == before
 
 
-FORBIDDEN = {"threading", "time", "socket", "asyncio", "select", "dataplane.driver",
-             "dataplane.transport"}
+FORBIDDEN = {
+    "threading",
+    "time",
+    "socket",
+    "asyncio",
+    "select",
+    "dataplane.driver",
+    "dataplane.transport",
+}
 
 
-@pytest.mark.parametrize("path", sorted(
-    [*pathlib.Path(__file__).resolve().parent.parent.joinpath("dataplane", "wireguard").glob(
-        "*.py"), pathlib.Path(__file__).resolve().parent.parent / "dataplane" / "timers.py"]),
-    ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path",
+    sorted(
+        [
+            *pathlib.Path(__file__)
+            .resolve()
+            .parent.parent.joinpath("dataplane", "wireguard")
+            .glob("*.py"),
+            pathlib.Path(__file__).resolve().parent.parent / "dataplane" / "timers.py",
+        ]
+    ),
+    ids=lambda p: p.name,
+)
 def test_layering_no_io_no_clock_imports(path):
     tree = ast.parse(path.read_text())
     names = set()

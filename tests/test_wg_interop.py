@@ -28,8 +28,8 @@ import sys
 import time
 
 import pytest
-
 from conftest import skip_or_fail
+
 from dataplane._batch import PacketBatch
 from dataplane.wireguard.device import Device
 from dataplane.wireguard.keys import PresharedKey, PrivateKey, PublicKey
@@ -88,8 +88,9 @@ def icmp_echo(src: str, dst: str, ident: int, seq: int, data: bytes, reply: bool
     if s.version == 4:
         icmp = struct.pack("!BBHHH", 0 if reply else 8, 0, 0, ident, seq) + data
         icmp = icmp[:2] + struct.pack("!H", _csum(icmp)) + icmp[4:]
-        hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), 0, 0x4000, 64, 1, 0,
-                          s.packed, d.packed)
+        hdr = struct.pack(
+            "!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), 0, 0x4000, 64, 1, 0, s.packed, d.packed
+        )
         return hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:] + icmp
     icmp = struct.pack("!BBHHH", 129 if reply else 128, 0, 0, ident, seq) + data
     pseudo = s.packed + d.packed + struct.pack("!I3xB", len(icmp), 58)
@@ -106,7 +107,7 @@ def parse_icmp(pkt: bytes):
         src, dst = str(ipaddress.ip_address(pkt[12:16])), str(ipaddress.ip_address(pkt[16:20]))
     elif len(pkt) >= 48 and pkt[0] >> 4 == 6 and pkt[6] == 58:
         plen = struct.unpack("!H", pkt[4:6])[0]
-        icmp = pkt[40:40 + plen]
+        icmp = pkt[40 : 40 + plen]
         src, dst = str(ipaddress.ip_address(pkt[8:24])), str(ipaddress.ip_address(pkt[24:40]))
     else:
         return None
@@ -136,17 +137,34 @@ class Lab:
             run("ip", "netns", "del", ns, check=False)  # left over by a killed run (pid reuse)
             run("ip", "netns", "add", ns)
             run("ip", "-n", ns, "link", "set", "lo", "up")
-        run("ip", "-n", self.ns_wg, "link", "add", "veth0", "type", "veth", "peer", "name",
-            "veth1", "netns", self.ns_us)
+        run(
+            "ip",
+            "-n",
+            self.ns_wg,
+            "link",
+            "add",
+            "veth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "veth1",
+            "netns",
+            self.ns_us,
+        )
         run("ip", "-n", self.ns_wg, "addr", "add", "10.98.0.1/24", "dev", "veth0")
         run("ip", "-n", self.ns_us, "addr", "add", "10.98.0.2/24", "dev", "veth1")
         run("ip", "-n", self.ns_wg, "link", "set", "veth0", "up")
         run("ip", "-n", self.ns_us, "link", "set", "veth1", "up")
-        env = dict(os.environ, WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD="1",
-                   LOG_LEVEL="verbose")
+        env = dict(
+            os.environ, WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD="1", LOG_LEVEL="verbose"
+        )
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", self.ns_wg, "wireguard-go", "-f", self.ifname],
-            stdout=self._log, stderr=subprocess.STDOUT, env=env)
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
         sock_path = f"/var/run/wireguard/{self.ifname}.sock"
         for _ in range(100):
             if os.path.exists(sock_path):
@@ -159,8 +177,19 @@ class Lab:
         key_file = self.tmp / "wg.key"
         key_file.write_text(self.wg_key.to_base64() + "\n")
         os.chmod(key_file, 0o600)
-        run("ip", "netns", "exec", self.ns_wg, "wg", "set", self.ifname, "private-key",
-            str(key_file), "listen-port", str(WG_UNDERLAY[1]))
+        run(
+            "ip",
+            "netns",
+            "exec",
+            self.ns_wg,
+            "wg",
+            "set",
+            self.ifname,
+            "private-key",
+            str(key_file),
+            "listen-port",
+            str(WG_UNDERLAY[1]),
+        )
         run("ip", "-n", self.ns_wg, "addr", "add", "10.99.0.1/24", "dev", self.ifname)
         run("ip", "-n", self.ns_wg, "addr", "add", "fd99::1/64", "dev", self.ifname, "nodad")
         run("ip", "-n", self.ns_wg, "link", "set", self.ifname, "mtu", "1420", "up")
@@ -170,13 +199,37 @@ class Lab:
         psk_file = self.tmp / "psk"
         psk_file.write_text(self.psk.to_base64() + "\n")
         os.chmod(psk_file, 0o600)
-        run("ip", "netns", "exec", self.ns_wg, "wg", "set", self.ifname, "peer",
-            pub.to_base64(), "preshared-key", str(psk_file), "allowed-ips",
-            "10.99.0.2/32,fd99::2/128", "endpoint", f"{US_UNDERLAY[0]}:{US_UNDERLAY[1]}")
+        run(
+            "ip",
+            "netns",
+            "exec",
+            self.ns_wg,
+            "wg",
+            "set",
+            self.ifname,
+            "peer",
+            pub.to_base64(),
+            "preshared-key",
+            str(psk_file),
+            "allowed-ips",
+            "10.99.0.2/32,fd99::2/128",
+            "endpoint",
+            f"{US_UNDERLAY[0]}:{US_UNDERLAY[1]}",
+        )
 
     def remove_peer(self, pub: PublicKey) -> None:
-        run("ip", "netns", "exec", self.ns_wg, "wg", "set", self.ifname, "peer",
-            pub.to_base64(), "remove")
+        run(
+            "ip",
+            "netns",
+            "exec",
+            self.ns_wg,
+            "wg",
+            "set",
+            self.ifname,
+            "peer",
+            pub.to_base64(),
+            "remove",
+        )
 
     def dump(self) -> list[list[str]]:
         out = run("ip", "netns", "exec", self.ns_wg, "wg", "show", self.ifname, "dump").stdout
@@ -203,8 +256,22 @@ class Lab:
 
     def pinger(self, family: str, target: str, count: int) -> subprocess.Popen:
         return subprocess.Popen(
-            ["ip", "netns", "exec", self.ns_wg, sys.executable, "-c", PINGER, family, target,
-             str(count)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.ns_wg,
+                sys.executable,
+                "-c",
+                PINGER,
+                family,
+                target,
+                str(count),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     def close(self) -> None:
         if self.sock is not None:
@@ -323,8 +390,10 @@ def lab(tmp_path):
 
 
 def _diagnose(lab: Lab, us: Us) -> str:
-    return (f"our events: {dict(us.dev.events)}\nour drops: {dict(us.dev.drops)}\n"
-            f"wireguard-go log:\n{lab.log_text()[-3000:]}")
+    return (
+        f"our events: {dict(us.dev.events)}\nour drops: {dict(us.dev.drops)}\n"
+        f"wireguard-go log:\n{lab.log_text()[-3000:]}"
+    )
 
 
 def test_interop_handshakes_both_directions_icmp_v4_v6_with_psk(lab):

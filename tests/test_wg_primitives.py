@@ -51,8 +51,16 @@ def test_repr_never_shows_secrets():
     assert k.public_key.to_base64() in repr(k)
 
 
-@pytest.mark.parametrize("text", ["", "abc", "!" * 44, base64.b64encode(bytes(31)).decode(),
-                                  base64.b64encode(bytes(33)).decode()])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "abc",
+        "!" * 44,
+        base64.b64encode(bytes(31)).decode(),
+        base64.b64encode(bytes(33)).decode(),
+    ],
+)
 def test_bad_key_text_raises_key_error_without_echoing_it(text):
     for cls in (PrivateKey, PublicKey, PresharedKey):
         with pytest.raises(KeyError_) as info:
@@ -91,7 +99,7 @@ def test_tai64n_clock_is_monotonic_across_wall_clock_steps():
 def test_tai64n_clock_carries_into_seconds_only_on_u32_overflow():
     clock = TAI64NClock(lambda: 5.99)
     stamps = [unpack(clock.now()) for _ in range(300)]
-    assert all(a < b for a, b in zip(stamps, stamps[1:]))
+    assert all(a < b for a, b in zip(stamps, stamps[1:], strict=False))
     assert any(n > 999_999_999 for _, n in stamps)  # nanos pass 1e9 before wrapping
     assert stamps[-1][0] == TAI64N_BASE + 6
 
@@ -100,13 +108,16 @@ def test_tai64n_clock_carries_into_seconds_only_on_u32_overflow():
 
 
 def _sample_messages():
-    init = messages.MessageInitiation(0x11223344, b"E" * 32, b"S" * 48, b"T" * 28,
-                                      b"1" * 16, b"2" * 16)
+    init = messages.MessageInitiation(
+        0x11223344, b"E" * 32, b"S" * 48, b"T" * 28, b"1" * 16, b"2" * 16
+    )
     resp = messages.MessageResponse(5, 6, b"e" * 32, b"n" * 16, b"3" * 16, b"4" * 16)
     reply = messages.MessageCookieReply(7, b"N" * 24, b"C" * 32)
-    return [(messages.MessageInitiation, init, MESSAGE_INITIATION_SIZE),
-            (messages.MessageResponse, resp, MESSAGE_RESPONSE_SIZE),
-            (messages.MessageCookieReply, reply, MESSAGE_COOKIE_REPLY_SIZE)]
+    return [
+        (messages.MessageInitiation, init, MESSAGE_INITIATION_SIZE),
+        (messages.MessageResponse, resp, MESSAGE_RESPONSE_SIZE),
+        (messages.MessageCookieReply, reply, MESSAGE_COOKIE_REPLY_SIZE),
+    ]
 
 
 @pytest.mark.parametrize("cls,msg,size", _sample_messages())
@@ -146,8 +157,15 @@ def test_transport_header_and_minimum_size():
 def test_parsers_are_total(data):
     t = messages.message_type(data)
     assert t in (None, 1, 2, 3, 4)
-    parsed = [cls.unpack(data) for cls in (messages.MessageInitiation, messages.MessageResponse,
-                                           messages.MessageCookieReply, messages.TransportHeader)]
+    parsed = [
+        cls.unpack(data)
+        for cls in (
+            messages.MessageInitiation,
+            messages.MessageResponse,
+            messages.MessageCookieReply,
+            messages.TransportHeader,
+        )
+    ]
     assert sum(p is not None for p in parsed) == (0 if t is None else 1)
 
 
@@ -157,40 +175,56 @@ VECTOR_KEYS = bytes(range(160))
 IKPSK2_INIT = bytes.fromhex(
     "358072d6365880d1aeea329adf9121383851ed21a28e3b75e965d0d2cd1662544df99f4e2d9c658302e247ec"
     "71c206e70c31df074049bd3d8ab636b27d8a20c512e4beeec758c4b2bee13e5d6c4a6abfe18cb917c010702e"
-    "44515036af229780d44f50cf68cf7cdaabd81372")
+    "44515036af229780d44f50cf68cf7cdaabd81372"
+)
 IKPSK2_RESP = bytes.fromhex(
     "675dd574ed7789310b3d2e7681f3790b466c773b1521fecf36577958371ea52f1d31e903c203fe7ca9187d9e"
-    "f4059b09")
+    "f4059b09"
+)
 IK_INIT = bytes.fromhex(
     "358072d6365880d1aeea329adf9121383851ed21a28e3b75e965d0d2cd166254ad5b8febedeb97415be53612"
     "205e6bfab385e34cb127dd8854c4f9afb10f9b0e49075a6f14f9d5bc61412f096ae4950589aef8286944be93"
-    "ca02ab76a5483b51")
+    "ca02ab76a5483b51"
+)
 IK_RESP = bytes.fromhex(
     "675dd574ed7789310b3d2e7681f3790b466c773b1521fecf36577958371ea52f5ef5508032efff8066fc8584"
-    "10f411e8")
+    "10f411e8"
+)
 
 
 def _vector_handshake(pattern, payload):
-    ist, iep, rst, rep, psk = (VECTOR_KEYS[i:i + 32] for i in range(0, 160, 32))
-    i_priv, r_priv = X25519PrivateKey.from_private_bytes(ist), X25519PrivateKey.from_private_bytes(rst)
+    ist, iep, rst, rep, psk = (VECTOR_KEYS[i : i + 32] for i in range(0, 160, 32))
+    i_priv = X25519PrivateKey.from_private_bytes(ist)
+    r_priv = X25519PrivateKey.from_private_bytes(rst)
     i_pub = i_priv.public_key().public_bytes_raw()
     r_pub = r_priv.public_key().public_bytes_raw()
     cache = noise.PeerNoiseCache(r_pub, pattern=pattern, prologue=b"TEST HANDSHAKE")
     body, ist_state = noise.create_message_initiation(
-        i_priv, i_pub, cache, r_pub, noise.DH(i_priv, r_pub), payload,
-        X25519PrivateKey.from_private_bytes(iep))
+        i_priv,
+        i_pub,
+        cache,
+        r_pub,
+        noise.DH(i_priv, r_pub),
+        payload,
+        X25519PrivateKey.from_private_bytes(iep),
+    )
     rs = noise.consume_message_initiation(
-        r_priv, cache, body, lambda k: noise.DH(r_priv, k) if k == i_pub else None, len(payload))
+        r_priv, cache, body, lambda k: noise.DH(r_priv, k) if k == i_pub else None, len(payload)
+    )
     resp, r_send, r_recv = noise.create_message_response(
-        rs, psk, X25519PrivateKey.from_private_bytes(rep))
+        rs, psk, X25519PrivateKey.from_private_bytes(rep)
+    )
     i_send, i_recv = noise.consume_message_response(ist_state, i_priv, resp, psk)
     return body, resp, rs, i_pub, (i_send, i_recv, r_send, r_recv)
 
 
-@pytest.mark.parametrize("pattern,payload,init,resp", [
-    (noise.IKPSK2, b"TEST PAYLOAD", IKPSK2_INIT, IKPSK2_RESP),
-    (noise.IK, b"", IK_INIT, IK_RESP),
-])
+@pytest.mark.parametrize(
+    "pattern,payload,init,resp",
+    [
+        (noise.IKPSK2, b"TEST PAYLOAD", IKPSK2_INIT, IKPSK2_RESP),
+        (noise.IK, b"", IK_INIT, IK_RESP),
+    ],
+)
 def test_reference_vectors_byte_for_byte(pattern, payload, init, resp):
     body, r, rs, i_pub, (i_send, i_recv, r_send, r_recv) = _vector_handshake(pattern, payload)
     assert body == init
@@ -215,8 +249,13 @@ def test_all_zero_dh_is_rejected():
         noise.DH(a.x25519(), order8)
     # An initiation whose ephemeral is a low-order point is refused by the responder.
     body, _ = noise.create_message_initiation(
-        a.x25519(), a.public_key.raw, cache_b, b.public_key.raw,
-        noise.DH(a.x25519(), b.public_key.raw), bytes(12))
+        a.x25519(),
+        a.public_key.raw,
+        cache_b,
+        b.public_key.raw,
+        noise.DH(a.x25519(), b.public_key.raw),
+        bytes(12),
+    )
     forged = bytes(32) + body[32:]
     with pytest.raises(noise.NoiseError):
         noise.consume_message_initiation(b.x25519(), cache_b, forged, lambda k: None)
@@ -226,8 +265,13 @@ def test_tampered_messages_fail_and_pending_state_survives():
     a, b, cache_b = _pair()
     psk = b"\x07" * 32
     body, state = noise.create_message_initiation(
-        a.x25519(), a.public_key.raw, cache_b, b.public_key.raw,
-        noise.DH(a.x25519(), b.public_key.raw), b"T" * 12)
+        a.x25519(),
+        a.public_key.raw,
+        cache_b,
+        b.public_key.raw,
+        noise.DH(a.x25519(), b.public_key.raw),
+        b"T" * 12,
+    )
     lookup = {a.public_key.raw: noise.DH(b.x25519(), a.public_key.raw)}.get
     for i in range(0, len(body), 7):
         bad = bytearray(body)
@@ -255,15 +299,20 @@ def test_tampered_messages_fail_and_pending_state_survives():
 
 def test_hchacha20_and_xchacha20poly1305_known_answers():
     # draft-irtf-cfrg-xchacha-03 §2.2.1 and §A.3.1
-    assert cookie.hchacha20(bytes(range(32)), bytes.fromhex("000000090000004a0000000031415927")) \
-        == bytes.fromhex("82413b4227b27bfed30e42508a877d73a0f9e4d58a74a853c12ec41326d3ecdc")
-    pt = (b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip for "
-          b"the future, sunscreen would be it.")
+    assert cookie.hchacha20(
+        bytes(range(32)), bytes.fromhex("000000090000004a0000000031415927")
+    ) == bytes.fromhex("82413b4227b27bfed30e42508a877d73a0f9e4d58a74a853c12ec41326d3ecdc")
+    pt = (
+        b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip for "
+        b"the future, sunscreen would be it."
+    )
     key = bytes(range(0x80, 0xA0))
     nonce = bytes.fromhex("404142434445464748494a4b4c4d4e4f5051525354555657")
     aad = bytes.fromhex("50515253c0c1c2c3c4c5c6c7")
-    for seal, open_ in ((cookie.xchacha20poly1305_seal, cookie.xchacha20poly1305_open),
-                        (cookie.py_xchacha20poly1305_seal, cookie.py_xchacha20poly1305_open)):
+    for seal, open_ in (
+        (cookie.xchacha20poly1305_seal, cookie.xchacha20poly1305_open),
+        (cookie.py_xchacha20poly1305_seal, cookie.py_xchacha20poly1305_open),
+    ):
         ct = seal(key, nonce, pt, aad)
         assert ct[:16].hex() == "bd6d179d3e83d43b9576579493c0e939"
         assert ct[-16:].hex() == "c0875924c1c7987947deafd8780acf49"
@@ -276,8 +325,9 @@ def test_hchacha20_matches_the_batch_crypto_module_when_built():
     key, nonce = bytes(range(32)), bytes(range(100, 116))
     assert crypto.hchacha20(key, nonce) == cookie.hchacha20(key, nonce)
     n24 = bytes(range(24))
-    assert crypto.xchacha20poly1305_seal(key, n24, b"cookie" * 3, b"aad") == \
-        cookie.py_xchacha20poly1305_seal(key, n24, b"cookie" * 3, b"aad")
+    assert crypto.xchacha20poly1305_seal(
+        key, n24, b"cookie" * 3, b"aad"
+    ) == cookie.py_xchacha20poly1305_seal(key, n24, b"cookie" * 3, b"aad")
 
 
 def _macced_initiation(gen: cookie.CookieGenerator, now: float) -> bytearray:

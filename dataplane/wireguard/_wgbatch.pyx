@@ -1,4 +1,5 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
+# cython: cdivision=True
 """Per-packet bookkeeping of the WireGuard device: classify, tally and mark batch slots.
 
 Theory of operation: the device's Python code runs per batch and per handshake; the loops

@@ -84,10 +84,17 @@ def _quarter(x: list[int], a: int, b: int, c: int, d: int) -> None:
 def hchacha20(key: bytes, nonce16: bytes) -> bytes:
     """HChaCha20 (draft-irtf-cfrg-xchacha §2.2): a 32-byte subkey from key and 16-byte nonce."""
     if len(key) != 32 or len(nonce16) != 16:
-        raise ValueError(f"hchacha20 needs a 32-byte key and 16-byte nonce, got "
-                         f"{len(key)} and {len(nonce16)}")
-    x = [0x61707865, 0x3320646E, 0x79622D32, 0x6B206574,
-         *struct.unpack("<8I", key), *struct.unpack("<4I", nonce16)]
+        raise ValueError(
+            f"hchacha20 needs a 32-byte key and 16-byte nonce, got {len(key)} and {len(nonce16)}"
+        )
+    x = [
+        0x61707865,
+        0x3320646E,
+        0x79622D32,
+        0x6B206574,
+        *struct.unpack("<8I", key),
+        *struct.unpack("<4I", nonce16),
+    ]
     for _ in range(10):
         _quarter(x, 0, 4, 8, 12)
         _quarter(x, 1, 5, 9, 13)
@@ -100,17 +107,19 @@ def hchacha20(key: bytes, nonce16: bytes) -> bytes:
     return struct.pack("<8I", *x[0:4], *x[12:16])
 
 
-def py_xchacha20poly1305_seal(key: bytes, nonce24: bytes, plaintext: bytes,
-                              aad: bytes) -> bytes:
-    sub = hchacha20(key, nonce24[:16])
-    return ChaCha20Poly1305(sub).encrypt(b"\x00" * 4 + nonce24[16:], plaintext, aad)
+def py_xchacha20poly1305_seal(
+    key: bytes, nonce: bytes, plaintext: bytes, aad: bytes = b""
+) -> bytes:
+    sub = hchacha20(key, nonce[:16])
+    return ChaCha20Poly1305(sub).encrypt(b"\x00" * 4 + nonce[16:], plaintext, aad)
 
 
-def py_xchacha20poly1305_open(key: bytes, nonce24: bytes, ciphertext: bytes,
-                              aad: bytes) -> bytes | None:
-    sub = hchacha20(key, nonce24[:16])
+def py_xchacha20poly1305_open(
+    key: bytes, nonce: bytes, ciphertext: bytes, aad: bytes = b""
+) -> bytes | None:
+    sub = hchacha20(key, nonce[:16])
     try:
-        return ChaCha20Poly1305(sub).decrypt(b"\x00" * 4 + nonce24[16:], ciphertext, aad)
+        return ChaCha20Poly1305(sub).decrypt(b"\x00" * 4 + nonce[16:], ciphertext, aad)
     except InvalidTag:
         return None
 
@@ -133,8 +142,9 @@ def source_bytes(endpoint: tuple[str, int]) -> bytes:
 class CookieChecker:
     """Responder side: checks mac1/mac2 of messages sent to us and makes cookie replies."""
 
-    def __init__(self, local_public: bytes,
-                 random_bytes: Callable[[int], bytes] = os.urandom) -> None:
+    def __init__(
+        self, local_public: bytes, random_bytes: Callable[[int], bytes] = os.urandom
+    ) -> None:
         self._random = random_bytes
         self.mac1_key = HASH(LABEL_MAC1, local_public)
         self.cookie_key = HASH(LABEL_COOKIE, local_public)
@@ -143,7 +153,7 @@ class CookieChecker:
 
     def check_mac1(self, msg: bytes | bytearray | memoryview) -> bool:
         off = mac1_offset(len(msg))
-        return hmac.compare_digest(MAC(self.mac1_key, msg[:off]), bytes(msg[off:off + MAC_SIZE]))
+        return hmac.compare_digest(MAC(self.mac1_key, msg[:off]), bytes(msg[off : off + MAC_SIZE]))
 
     def _cookie(self, src: bytes, now: float, refresh: bool) -> bytes | None:
         if self._secret_set is None or now - self._secret_set >= COOKIE_REFRESH_TIME:
@@ -158,15 +168,16 @@ class CookieChecker:
         if cookie is None:
             return False
         off = mac2_offset(len(msg))
-        return hmac.compare_digest(MAC(cookie, msg[:off]), bytes(msg[off:off + MAC_SIZE]))
+        return hmac.compare_digest(MAC(cookie, msg[:off]), bytes(msg[off : off + MAC_SIZE]))
 
-    def create_reply(self, msg: bytes | bytearray | memoryview, receiver: int, src: bytes,
-                     now: float) -> bytes:
+    def create_reply(
+        self, msg: bytes | bytearray | memoryview, receiver: int, src: bytes, now: float
+    ) -> bytes:
         """A Cookie Reply to ``msg`` (whose sender index is ``receiver``)."""
         cookie = self._cookie(src, now, refresh=True)
         assert cookie is not None
         off = mac1_offset(len(msg))
-        mac1 = bytes(msg[off:off + MAC_SIZE])
+        mac1 = bytes(msg[off : off + MAC_SIZE])
         nonce = self._random(COOKIE_NONCE_SIZE)
         sealed = xchacha20poly1305_seal(self.cookie_key, nonce, cookie, mac1)
         return MessageCookieReply(receiver, nonce, sealed).pack()
@@ -202,8 +213,9 @@ class CookieGenerator:
         """Store the cookie if the reply answers our last message. False: ignored."""
         if self.last_mac1 is None:
             return False
-        cookie = xchacha20poly1305_open(self.cookie_key, reply.nonce, reply.encrypted_cookie,
-                                        self.last_mac1)
+        cookie = xchacha20poly1305_open(
+            self.cookie_key, reply.nonce, reply.encrypted_cookie, self.last_mac1
+        )
         if cookie is None:
             return False
         self.cookie = cookie
@@ -219,9 +231,12 @@ class RateLimiter:
     letting an attacker grow the table or evict honest buckets.
     """
 
-    def __init__(self, rate: float = RATE_LIMIT_PACKETS_PER_SECOND,
-                 burst: int = RATE_LIMIT_BURST,
-                 max_sources: int = RATE_LIMIT_MAX_SOURCES) -> None:
+    def __init__(
+        self,
+        rate: float = RATE_LIMIT_PACKETS_PER_SECOND,
+        burst: int = RATE_LIMIT_BURST,
+        max_sources: int = RATE_LIMIT_MAX_SOURCES,
+    ) -> None:
         self.cost = 1.0 / rate
         self.max_tokens = self.cost * burst
         self.max_sources = max_sources

@@ -68,13 +68,13 @@ from .constants import (
     MESSAGE_INITIATION,
     MESSAGE_INITIATION_SIZE,
     MESSAGE_RESPONSE,
+    REJECT_AFTER_TIME,
     REKEY_AFTER_MESSAGES,
     REKEY_AFTER_TIME,
     REKEY_ATTEMPT_TIME,
     REKEY_ON_RECEIVE_TIME,
     REKEY_TIMEOUT,
     REKEY_TIMEOUT_JITTER_MAX,
-    REJECT_AFTER_TIME,
     UNDER_LOAD_THRESHOLD,
     ZERO_KEY_MATERIAL_TIME,
 )
@@ -104,8 +104,7 @@ _INIT_HEADER = struct.Struct("<II")
 _RESP_HEADER = struct.Struct("<III")
 _CONTROL_BATCH = 8  # control messages per output batch
 # Slot statuses that are not drops: alive, or consumed by the device.
-_CONSUMED = frozenset({DropReason.OK.value, DropReason.KEEPALIVE.value,
-                       DropReason.HANDSHAKE.value})
+_CONSUMED = frozenset({DropReason.OK.value, DropReason.KEEPALIVE.value, DropReason.HANDSHAKE.value})
 _REASONS = {r.value: r for r in DropReason}
 
 
@@ -202,9 +201,15 @@ class Device:
 
     # ------------------------------------------------------------------ configuration
 
-    def add_peer(self, peer_id: int, public_key: PublicKey, *,
-                 psk: PresharedKey | None = None, persistent_keepalive: float | None = None,
-                 endpoint: Endpoint | None = None) -> Peer:
+    def add_peer(
+        self,
+        peer_id: int,
+        public_key: PublicKey,
+        *,
+        psk: PresharedKey | None = None,
+        persistent_keepalive: float | None = None,
+        endpoint: Endpoint | None = None,
+    ) -> Peer:
         if not isinstance(peer_id, int) or not 0 <= peer_id < 2**31:
             raise ConfigError(f"peer id {peer_id!r} must be an int in [0, 2^31)")
         if peer_id in self.peers:
@@ -222,10 +227,15 @@ class Device:
             self._mod_timer(peer, "persistent_keepalive", 0.0, 0.0)
         return peer
 
-    def update_peer(self, peer_id: int, *, public_key: PublicKey | object = _UNSET,
-                    psk: PresharedKey | None | object = _UNSET,
-                    persistent_keepalive: float | None | object = _UNSET,
-                    endpoint: Endpoint | None | object = _UNSET) -> Peer:
+    def update_peer(
+        self,
+        peer_id: int,
+        *,
+        public_key: PublicKey | object = _UNSET,
+        psk: PresharedKey | None | object = _UNSET,
+        persistent_keepalive: float | None | object = _UNSET,
+        endpoint: Endpoint | None | object = _UNSET,
+    ) -> Peer:
         peer = self._peer(peer_id)
         rekey = False
         if public_key is not _UNSET and public_key != peer.public_key:
@@ -343,7 +353,7 @@ class Device:
         before = batch.status_counts()
         kp.send_counter = kp.send.seal(batch, kp.remote_index, kp.send_counter, self.mtu)
         after = batch.status_counts()
-        for reason, (b, a) in enumerate(zip(before, after)):
+        for reason, (b, a) in enumerate(zip(before, after, strict=True)):
             if reason and a > b:
                 self._count(_REASONS[reason], a - b, "seal")
         n, nbytes = _wgbatch.tally_sealed(batch)
@@ -397,7 +407,8 @@ class Device:
 
     def _keep_key_fresh_sending(self, peer: Peer, kp: Keypair, now: float, out: _Out) -> None:
         if kp.send_counter > REKEY_AFTER_MESSAGES or (
-                kp.is_initiator and kp.age(now) > REKEY_AFTER_TIME):
+            kp.is_initiator and kp.age(now) > REKEY_AFTER_TIME
+        ):
             self._initiate(peer, now, out, retry=False)
 
     # ------------------------------------------------------------------ handshake: initiator
@@ -406,16 +417,18 @@ class Device:
         """Send a handshake initiation (wireguard-go SendHandshakeInitiation)."""
         if not retry:
             peer.attempt_start = now  # new outbound demand restarts REKEY_ATTEMPT_TIME
-        if peer.last_sent_initiation is not None and \
-                now - peer.last_sent_initiation < REKEY_TIMEOUT and not retry:
+        if (
+            peer.last_sent_initiation is not None
+            and now - peer.last_sent_initiation < REKEY_TIMEOUT
+            and not retry
+        ):
             return  # at most one initiation per REKEY_TIMEOUT unless retransmitting
         nxt = peer.next
         if not retry and nxt is not None and now - nxt.created < REKEY_TIMEOUT:
             # We just answered the peer's initiation; its confirmation is due. Do not start
             # a competing handshake, but retry if the confirmation never comes.
             if "retransmit" not in peer.timers:
-                self._mod_timer(peer, "retransmit", nxt.created + REKEY_TIMEOUT,
-                                REKEY_TIMEOUT / 64)
+                self._mod_timer(peer, "retransmit", nxt.created + REKEY_TIMEOUT, REKEY_TIMEOUT / 64)
             return
         if peer.endpoint is None:
             self.events["initiation_no_endpoint"] += 1
@@ -428,8 +441,13 @@ class Device:
             peer.attempt_start = now
         local_index = self.index_table.new_index(peer, None)
         body, state = create_message_initiation(
-            self.private_key.x25519(), self.public_key.raw, peer.noise_cache,
-            peer.public_key.raw, peer.static_static, self._tai64n.now())
+            self.private_key.x25519(),
+            self.public_key.raw,
+            peer.noise_cache,
+            peer.public_key.raw,
+            peer.static_static,
+            self._tai64n.now(),
+        )
         pending = PendingInitiation(local_index, state, now)
         self.index_table.set_owner(local_index, peer, pending)
         peer.pending = pending
@@ -445,8 +463,9 @@ class Device:
         at = now + REKEY_TIMEOUT + self._rng.uniform(0.0, REKEY_TIMEOUT_JITTER_MAX)
         self._mod_timer(peer, "retransmit", min(at, deadline), 0.0)
 
-    def _consume_response(self, msg: memoryview, src: Endpoint, now: float,
-                          out: _Out) -> DropReason:
+    def _consume_response(
+        self, msg: memoryview, src: Endpoint, now: float, out: _Out
+    ) -> DropReason:
         resp = MessageResponse.unpack(msg)
         if resp is None:
             return self._drop_cause(DropReason.BAD_TYPE, "bad_response")
@@ -456,8 +475,8 @@ class Device:
         peer, pending = entry
         try:
             send_key, recv_key = consume_message_response(
-                pending.state, self.private_key.x25519(), resp.noise_body,
-                peer.psk.secret_bytes())
+                pending.state, self.private_key.x25519(), resp.noise_body, peer.psk.secret_bytes()
+            )
         except NoiseError:
             # The pending handshake survives a forged response (reference issue #334).
             return self._drop_cause(DropReason.BAD_TAG, "response_auth")
@@ -499,23 +518,29 @@ class Device:
         peer = self._by_key.get(remote_static)
         return None if peer is None else peer.static_static
 
-    def _consume_initiation(self, msg: memoryview, src: Endpoint, now: float,
-                            out: _Out) -> DropReason:
+    def _consume_initiation(
+        self, msg: memoryview, src: Endpoint, now: float, out: _Out
+    ) -> DropReason:
         init = MessageInitiation.unpack(msg)
         if init is None:
             return self._drop_cause(DropReason.BAD_TYPE, "bad_initiation")
         try:
             st = consume_message_initiation(
-                self.private_key.x25519(), self._responder_cache, init.noise_body,
-                self._static_static)
+                self.private_key.x25519(),
+                self._responder_cache,
+                init.noise_body,
+                self._static_static,
+            )
         except NoiseError:
             return self._drop_cause(DropReason.BAD_TAG, "initiation_auth")
         peer = self._by_key[st.remote_static]
         timestamp = st.payload
         if peer.last_timestamp is not None and timestamp <= peer.last_timestamp:
             return self._drop_cause(DropReason.REPLAY, "initiation_stale_timestamp")
-        if peer.last_initiation_consumed is not None and \
-                now - peer.last_initiation_consumed < HANDSHAKE_INITIATION_RATE:
+        if (
+            peer.last_initiation_consumed is not None
+            and now - peer.last_initiation_consumed < HANDSHAKE_INITIATION_RATE
+        ):
             return self._drop_cause(DropReason.QUEUE_FULL, "initiation_flood")
         peer.last_timestamp = timestamp
         peer.last_initiation_consumed = now
@@ -523,9 +548,12 @@ class Device:
         peer.rx_bytes += len(msg)
         self._timers_any_authenticated_packet_received(peer, now)
         self._timers_any_authenticated_packet_traversal(peer, now)
-        if peer.pending is not None and peer.pending_since is not None and \
-                now - peer.pending_since < REKEY_TIMEOUT and \
-                self.public_key.raw > peer.public_key.raw:
+        if (
+            peer.pending is not None
+            and peer.pending_since is not None
+            and now - peer.pending_since < REKEY_TIMEOUT
+            and self.public_key.raw > peer.public_key.raw
+        ):
             # Simultaneous initiation, and ours wins: the peer will answer ours.
             self.events["simultaneous_initiation_won"] += 1
             return DropReason.HANDSHAKE
@@ -535,8 +563,9 @@ class Device:
         self.index_table.set_owner(local_index, peer, kp)
         self._free(peer.next)
         peer.next = kp
-        msg_out = bytearray(_RESP_HEADER.pack(MESSAGE_RESPONSE, local_index, init.sender)
-                            + body + bytes(32))
+        msg_out = bytearray(
+            _RESP_HEADER.pack(MESSAGE_RESPONSE, local_index, init.sender) + body + bytes(32)
+        )
         peer.cookie.add_macs(msg_out, now)
         self._emit(peer, bytes(msg_out), now, out)
         self.events["response_sent"] += 1
@@ -595,13 +624,12 @@ class Device:
             batch.set_status(i, self._handshake_message(batch, i, now, out))
         _wgbatch.mark_unclaimed(batch, DropReason.UNKNOWN_RECEIVER)
         after = batch.status_counts()
-        for reason, (b, a) in enumerate(zip(before, after)):
+        for reason, (b, a) in enumerate(zip(before, after, strict=True)):
             if a > b and reason not in _CONSUMED:
                 self.drops[_REASONS[reason]] += a - b
         return out.items
 
-    def _received_transport(self, peer: Peer, batch: PacketBatch, now: float,
-                            out: _Out) -> None:
+    def _received_transport(self, peer: Peer, batch: PacketBatch, now: float, out: _Out) -> None:
         data, keepalives, nbytes, last = _wgbatch.tally(batch, peer.id)
         if last < 0:
             return
@@ -615,13 +643,16 @@ class Device:
         kp = peer.current
         # Rekey on receive (initiator only), once, so the new session is up before the
         # responder's copy of this one expires.
-        if kp is not None and kp.is_initiator and kp.age(now) > REKEY_ON_RECEIVE_TIME and \
-                not peer.sent_last_minute_handshake:
+        if (
+            kp is not None
+            and kp.is_initiator
+            and kp.age(now) > REKEY_ON_RECEIVE_TIME
+            and not peer.sent_last_minute_handshake
+        ):
             peer.sent_last_minute_handshake = True
             self._initiate(peer, now, out, retry=False)
 
-    def _handshake_message(self, batch: PacketBatch, i: int, now: float,
-                           out: _Out) -> DropReason:
+    def _handshake_message(self, batch: PacketBatch, i: int, now: float, out: _Out) -> DropReason:
         msg = batch[i]
         kind = msg[0]
         src = batch.endpoint(i)
@@ -686,14 +717,16 @@ class Device:
 
     def _timers_data_sent(self, peer: Peer, now: float) -> None:
         if not self._timer_pending(peer, "new_handshake"):
-            delay = KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + \
-                self._rng.uniform(0.0, REKEY_TIMEOUT_JITTER_MAX)
+            delay = (
+                KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + self._rng.uniform(0.0, REKEY_TIMEOUT_JITTER_MAX)
+            )
             self._mod_timer(peer, "new_handshake", now + delay, delay / 64)
 
     def _timers_data_received(self, peer: Peer, now: float) -> None:
         if not self._timer_pending(peer, "passive_keepalive"):
-            self._mod_timer(peer, "passive_keepalive", now + KEEPALIVE_TIMEOUT,
-                            KEEPALIVE_TIMEOUT / 64)
+            self._mod_timer(
+                peer, "passive_keepalive", now + KEEPALIVE_TIMEOUT, KEEPALIVE_TIMEOUT / 64
+            )
 
     def _timers_any_authenticated_packet_sent(self, peer: Peer, now: float) -> None:
         self._del_timer(peer, "passive_keepalive")
@@ -707,8 +740,9 @@ class Device:
             self._mod_timer(peer, "persistent_keepalive", now + ka, min(1.0, ka / 64))
 
     def _timers_session_derived(self, peer: Peer, now: float) -> None:
-        self._mod_timer(peer, "zero_key_material", now + ZERO_KEY_MATERIAL_TIME,
-                        ZERO_KEY_MATERIAL_TIME / 64)
+        self._mod_timer(
+            peer, "zero_key_material", now + ZERO_KEY_MATERIAL_TIME, ZERO_KEY_MATERIAL_TIME / 64
+        )
         self._schedule_expiry(peer)
 
     def _timers_handshake_complete(self, peer: Peer, now: float) -> None:
@@ -747,8 +781,12 @@ class Device:
             peer.attempt_start = None
             self._del_timer(peer, "passive_keepalive")
             if not self._timer_pending(peer, "zero_key_material"):
-                self._mod_timer(peer, "zero_key_material", now + ZERO_KEY_MATERIAL_TIME,
-                                ZERO_KEY_MATERIAL_TIME / 64)
+                self._mod_timer(
+                    peer,
+                    "zero_key_material",
+                    now + ZERO_KEY_MATERIAL_TIME,
+                    ZERO_KEY_MATERIAL_TIME / 64,
+                )
             return
         self.events["initiation_retransmit"] += 1
         self._initiate(peer, now, out, retry=True)
@@ -795,8 +833,13 @@ class Device:
         peer.pending_since = None
         peer.attempt_start = None
         peer.last_sent_initiation = None
-        for name in ("retransmit", "passive_keepalive", "new_handshake", "expire",
-                     "zero_key_material"):
+        for name in (
+            "retransmit",
+            "passive_keepalive",
+            "new_handshake",
+            "expire",
+            "zero_key_material",
+        ):
             self._del_timer(peer, name)
 
     def _count(self, reason: DropReason, n: int, cause: str) -> None:

@@ -42,10 +42,18 @@ class Keypair:
     window: ReplayWindow = field(default_factory=ReplayWindow)
 
     @classmethod
-    def derive(cls, send_key: bytes, receive_key: bytes, local_index: int, remote_index: int,
-               now: float, is_initiator: bool) -> Keypair:
-        return cls(SendKey(send_key), ReceiveKey(receive_key), local_index, remote_index, now,
-                   is_initiator)
+    def derive(
+        cls,
+        send_key: bytes,
+        receive_key: bytes,
+        local_index: int,
+        remote_index: int,
+        now: float,
+        is_initiator: bool,
+    ) -> Keypair:
+        return cls(
+            SendKey(send_key), ReceiveKey(receive_key), local_index, remote_index, now, is_initiator
+        )
 
     def age(self, now: float) -> float:
         return now - self.created
@@ -61,6 +69,8 @@ class Keypair:
 
     def __repr__(self) -> str:
         role = "initiator" if self.is_initiator else "responder"
-        return (f"<Keypair {role} local={self.local_index:#010x} "
-                f"remote={self.remote_index:#010x} created={self.created} "
-                f"counter={self.send_counter}>")
+        return (
+            f"<Keypair {role} local={self.local_index:#010x} "
+            f"remote={self.remote_index:#010x} created={self.created} "
+            f"counter={self.send_counter}>"
+        )

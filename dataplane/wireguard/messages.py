@@ -97,8 +97,15 @@ class MessageInitiation:
     mac2: bytes = bytes(16)
 
     def pack(self) -> bytes:
-        return _INIT.pack(MESSAGE_INITIATION, self.sender, self.ephemeral,
-                          self.encrypted_static, self.encrypted_timestamp, self.mac1, self.mac2)
+        return _INIT.pack(
+            MESSAGE_INITIATION,
+            self.sender,
+            self.ephemeral,
+            self.encrypted_static,
+            self.encrypted_timestamp,
+            self.mac1,
+            self.mac2,
+        )
 
     @classmethod
     def unpack(cls, data: bytes | bytearray | memoryview) -> MessageInitiation | None:
@@ -123,8 +130,15 @@ class MessageResponse:
     mac2: bytes = bytes(16)
 
     def pack(self) -> bytes:
-        return _RESP.pack(MESSAGE_RESPONSE, self.sender, self.receiver, self.ephemeral,
-                          self.encrypted_nothing, self.mac1, self.mac2)
+        return _RESP.pack(
+            MESSAGE_RESPONSE,
+            self.sender,
+            self.receiver,
+            self.ephemeral,
+            self.encrypted_nothing,
+            self.mac1,
+            self.mac2,
+        )
 
     @classmethod
     def unpack(cls, data: bytes | bytearray | memoryview) -> MessageResponse | None:
@@ -145,8 +159,7 @@ class MessageCookieReply:
     encrypted_cookie: bytes
 
     def pack(self) -> bytes:
-        return _COOKIE.pack(MESSAGE_COOKIE_REPLY, self.receiver, self.nonce,
-                            self.encrypted_cookie)
+        return _COOKIE.pack(MESSAGE_COOKIE_REPLY, self.receiver, self.nonce, self.encrypted_cookie)
 
     @classmethod
     def unpack(cls, data: bytes | bytearray | memoryview) -> MessageCookieReply | None:

@@ -171,8 +171,9 @@ class PeerNoiseCache:
 
     __slots__ = ("pattern", "prologue", "h0", "ck0")
 
-    def __init__(self, responder_static: bytes, *, pattern: Pattern = IKPSK2,
-                 prologue: bytes = IDENTIFIER) -> None:
+    def __init__(
+        self, responder_static: bytes, *, pattern: Pattern = IKPSK2, prologue: bytes = IDENTIFIER
+    ) -> None:
         ck = HASH(pattern.name)
         h = HASH(ck, prologue)
         self.pattern = pattern
@@ -247,8 +248,8 @@ def consume_message_initiation(
     if len(body) != KEY_SIZE + enc_static_size + payload_size + AEAD_TAG_SIZE:
         raise NoiseError("initiation body has the wrong length")
     e_pub = body[:KEY_SIZE]
-    enc_static = body[KEY_SIZE:KEY_SIZE + enc_static_size]
-    enc_payload = body[KEY_SIZE + enc_static_size:]
+    enc_static = body[KEY_SIZE : KEY_SIZE + enc_static_size]
+    enc_payload = body[KEY_SIZE + enc_static_size :]
     h = HASH(cache.h0, e_pub)
     ck = KDF1(cache.ck0, e_pub) if pattern.psk else cache.ck0
     ck, k = KDF2(ck, DH(local_static, e_pub))
@@ -285,8 +286,9 @@ def create_message_response(
     e_pub = _public(ephemeral)
     h = HASH(state.h, e_pub)
     ck = KDF1(state.ck, e_pub) if pattern.psk else state.ck
-    ck, k = _mix_ee_se(ck, DH(ephemeral, state.remote_ephemeral),
-                       DH(ephemeral, state.remote_static), pattern)
+    ck, k = _mix_ee_se(
+        ck, DH(ephemeral, state.remote_ephemeral), DH(ephemeral, state.remote_static), pattern
+    )
     if pattern.psk:
         ck, t, k = KDF3(ck, psk)
         h = HASH(h, t)

@@ -11,7 +11,7 @@ handshake attempt gives up.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .constants import MAX_STAGED_PACKETS
@@ -56,8 +56,14 @@ class PeerStats:
 
 
 class Peer:
-    def __init__(self, peer_id: int, public_key: PublicKey, psk: PresharedKey,
-                 persistent_keepalive: float | None, endpoint: Endpoint | None) -> None:
+    def __init__(
+        self,
+        peer_id: int,
+        public_key: PublicKey,
+        psk: PresharedKey,
+        persistent_keepalive: float | None,
+        endpoint: Endpoint | None,
+    ) -> None:
         self.id = peer_id
         self.public_key = public_key
         self.psk = psk
@@ -108,9 +114,18 @@ class Peer:
         return dropped
 
     def stats(self) -> PeerStats:
-        return PeerStats(self.rx_bytes, self.tx_bytes, self.rx_packets, self.tx_packets,
-                         self.last_handshake, self.endpoint, self.handshake_initiations,
-                         len(self.staged), self.staged_dropped, self.current is not None)
+        return PeerStats(
+            self.rx_bytes,
+            self.tx_bytes,
+            self.rx_packets,
+            self.tx_packets,
+            self.last_handshake,
+            self.endpoint,
+            self.handshake_initiations,
+            len(self.staged),
+            self.staged_dropped,
+            self.current is not None,
+        )
 
     def __repr__(self) -> str:
         return f"<Peer {self.id} {self.public_key.to_base64()} endpoint={self.endpoint}>"
