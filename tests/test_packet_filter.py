@@ -872,6 +872,72 @@ def test_compiled_rules_agree_with_model_without_flows(rules, probes):
     assert verdicts(f, probes) == [m.verdict(p, 0.0) for p in probes]
 
 
+@pytest.mark.parametrize("nrules", [63, 64, 65, 200])
+def test_many_rules_agree_with_model(nrules):
+    # Rule ids beyond 63 live in later bitset words.
+    rng = random.Random(nrules)
+    rules = []
+    for i in range(nrules):
+        base = 0x64400000 + 256 * i
+        srcs = [str(ipaddress.IPv4Address(base + rng.randrange(256))) for _ in range(3)]
+        srcs.append(f"fd7a:115c:a1e0::{i:x}:0/112")
+        if i % 7 == 0:
+            srcs.append(f"{ipaddress.IPv4Address(base)}-{ipaddress.IPv4Address(base + 300)}")
+        port = rng.randrange(1, 1000)
+        dsts = [
+            (rng.choice(["*", ME4, "100.100.0.0/16", ME6]), port, port + rng.randrange(5)),
+            ("*", 0, 65535) if i % 11 == 0 else (ME4, port, port),
+        ]
+        rules.append(rule(srcs, dsts, rng.choice([None, [6], [17], [6, 17, 47]])))
+    f = PacketFilter(rules)
+    m = PacketFilterModel(rules)
+    probes = []
+    for _ in range(2000):
+        i = rng.randrange(nrules + 2)
+        if rng.random() < 0.5:
+            src = str(ipaddress.IPv4Address(0x64400000 + 256 * i + rng.randrange(256)))
+            dst = rng.choice([ME4, "100.100.7.7", "100.99.0.1"])
+        else:
+            src = f"fd7a:115c:a1e0::{i:x}:{rng.randrange(65536):x}"
+            dst = rng.choice([ME6, "fd7a:115c:a1e0::2"])
+        port = rng.randrange(1, 1010)
+        kind = rng.randrange(4)
+        if kind == 0:
+            probes.append(ip(src, dst, 6, tcp(1, port, SYN)))
+        elif kind == 1:
+            probes.append(ip(src, dst, 17, udp(1, port)))
+        elif kind == 2:
+            probes.append(echo_request(src, dst, 1))
+        else:
+            probes.append(ip(src, dst, 47, b"\0" * 8))
+    got, want = [], []
+    for start in range(0, len(probes), 128):
+        chunk = probes[start : start + 128]
+        got += verdicts(f, chunk)
+        want += [m.verdict(p, 0.0) for p in chunk]
+    assert got == want
+    assert 0.05 < got.count(OK) / len(got) < 0.95
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([0x45, 0x46, 0x4F, 0x60]), st.binary(min_size=0, max_size=90)),
+        min_size=1,
+        max_size=32,
+    )
+)
+def test_random_ip_like_bytes_agree_with_model(parts):
+    packets = [bytes([b0]) + rest for b0, rest in parts]
+    f = PacketFilter([rule(["*"], [("*", 0, 65535)])])
+    m = PacketFilterModel([rule(["*"], [("*", 0, 65535)])])
+    send(f, packets)
+    for p in packets:
+        m.record(p, 0.0)
+    assert f.flows(0.0) == m.flows(0.0)
+    assert verdicts(f, packets, 0.0) == [m.verdict(p, 0.0) for p in packets]
+
+
 def test_replies_to_random_outbound_traffic_pass():
     rng = random.Random(7)
     f = PacketFilter(max_flows=10_000)
