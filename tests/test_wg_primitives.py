@@ -439,3 +439,25 @@ def test_kdf_is_hkdf_with_hmac_blake2s():
     assert [noise.KDF1(key, data)] == hkdf(1, key, data)
     assert list(noise.KDF2(key, data)) == hkdf(2, key, data)
     assert list(noise.KDF3(key, data)) == hkdf(3, key, data)
+
+
+def test_text_form_matches_the_wg_tool():
+    import shutil
+    import subprocess
+
+    from conftest import skip_or_fail
+
+    if shutil.which("wg") is None:
+        skip_or_fail("wg (wireguard-tools) is not installed")
+
+    def wg(*args: str, stdin: str = "") -> str:
+        return subprocess.run(
+            ["wg", *args], input=stdin, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+
+    for _ in range(3):
+        text = wg("genkey")
+        assert PrivateKey.from_base64(text).public_key.to_base64() == wg("pubkey", stdin=text)
+        ours = PrivateKey.generate()
+        assert wg("pubkey", stdin=ours.to_base64() + "\n") == ours.public_key.to_base64()
+    assert len(PresharedKey.from_base64(wg("genpsk")).secret_bytes()) == 32
