@@ -294,11 +294,11 @@ class _PeerModel:
     psk: PresharedKey | None
     endpoint: Endpoint | None
     keepalive: int
-    allowed: list[IPNetwork]
+    allowed: dict[IPNetwork, None]  # an ordered set
 
     def copy(self) -> _PeerModel:
         return _PeerModel(
-            self.pid, self.public_key, self.psk, self.endpoint, self.keepalive, list(self.allowed)
+            self.pid, self.public_key, self.psk, self.endpoint, self.keepalive, dict(self.allowed)
         )
 
 
@@ -379,7 +379,7 @@ class Interface:
                 None if peer.psk.secret_bytes() == _ZERO_KEY else peer.psk,
                 peer.endpoint,
                 int(peer.persistent_keepalive or 0),
-                [ipaddress.ip_network(n) for n in core.allowed_ips(pid)],
+                dict.fromkeys(ipaddress.ip_network(n) for n in core.allowed_ips(pid)),
             )
         return models
 
@@ -498,37 +498,44 @@ class Interface:
         state = {} if req.replace_peers else {k: m.copy() for k, m in current.items()}
         if own is not None:
             state.pop(own.raw, None)  # a new private key removes the peer with its public key
+        # Each prefix has one owner; the index keeps every line O(1) for large requests.
+        owner = {net: m for m in state.values() for net in m.allowed}
         for op in req.peers:
             raw = op.public_key.raw
             if own is not None and raw == own.raw:
                 continue  # the reference ignores a peer with the interface's own key
             if op.remove:
-                state.pop(raw, None)
+                gone = state.pop(raw, None)
+                for net in gone.allowed if gone is not None else ():
+                    del owner[net]
                 continue
             model = state.get(raw)
             if model is None:
                 if op.update_only:
                     continue
                 old = current.get(raw)
-                model = _PeerModel(old.pid if old else None, op.public_key, None, None, 0, [])
+                model = _PeerModel(old.pid if old else None, op.public_key, None, None, 0, {})
             if op.psk is not _UNSET:
                 model.psk = op.psk
             if op.endpoint is not _UNSET:
                 model.endpoint = op.endpoint
             if op.keepalive is not _UNSET:
                 model.keepalive = op.keepalive
-            for action, net in op.allowed_ops:
-                if action == "clear":
+            for action, prefix in op.allowed_ops:
+                if prefix is None:  # replace_allowed_ips
+                    for mine in model.allowed:
+                        del owner[mine]
                     model.allowed.clear()
                 elif action == "del":
-                    if net in model.allowed:
-                        model.allowed.remove(net)
+                    if prefix in model.allowed:
+                        del model.allowed[prefix]
+                        del owner[prefix]
                 else:
-                    for other in state.values():  # a prefix has one owner: it moves
-                        if other is not model and net in other.allowed:
-                            other.allowed.remove(net)
-                    if net not in model.allowed:
-                        model.allowed.append(net)
+                    previous = owner.get(prefix)
+                    if previous is not None and previous is not model:
+                        del previous.allowed[prefix]  # given to another peer: it moves
+                    owner[prefix] = model
+                    model.allowed[prefix] = None
             state[raw] = model
         return state
 
@@ -536,7 +543,7 @@ class Interface:
     def _add(core: DataPlane, model: _PeerModel) -> None:
         model.pid = core.add_peer(
             model.public_key,
-            allowed_ips=model.allowed,
+            allowed_ips=list(model.allowed),
             psk=model.psk,
             endpoint=model.endpoint,
             persistent_keepalive=model.keepalive or None,
@@ -548,10 +555,10 @@ class Interface:
     def _apply_diff(
         self, core: DataPlane, current: dict[bytes, _PeerModel], target: dict[bytes, _PeerModel]
     ) -> None:
-        for raw, old in current.items():
+        for raw, gone in current.items():
             if raw not in target:
-                assert old.pid is not None
-                core.remove_peer(old.pid)
+                assert gone.pid is not None
+                core.remove_peer(gone.pid)
         for raw, model in target.items():
             old = current.get(raw)
             if old is None:
@@ -566,8 +573,8 @@ class Interface:
                 changes["endpoint"] = model.endpoint
             if model.keepalive != old.keepalive:
                 changes["persistent_keepalive"] = model.keepalive or None
-            if model.allowed != old.allowed:
-                changes["allowed_ips"] = model.allowed
+            if list(model.allowed) != list(old.allowed):
+                changes["allowed_ips"] = list(model.allowed)
             if changes:
                 core.update_peer(old.pid, **changes)
 
@@ -670,6 +677,7 @@ class UAPIServer:
         self._inode: tuple[int, int] | None = None
         self._wake_r, self._wake_w = socket.socketpair()
         self._stopping = False
+        self._closed = False
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._conns: dict[threading.Thread, socket.socket] = {}
@@ -677,7 +685,15 @@ class UAPIServer:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> UAPIServer:
-        self._sock = self._listen()
+        if self._thread is not None or self._closed:
+            raise RuntimeError("a UAPIServer starts once")
+        try:
+            self._sock = self._listen()
+        except BaseException:
+            self._closed = True
+            self._wake_r.close()
+            self._wake_w.close()
+            raise
         self._thread = threading.Thread(target=self._serve, name=f"uapi-{self.name}", daemon=True)
         self._thread.start()
         return self
@@ -730,6 +746,9 @@ class UAPIServer:
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop accepting, end every connection, join every thread, remove our socket."""
+        if self._closed:
+            return
+        self._closed = True
         with self._lock:
             self._stopping = True
             conns = dict(self._conns)
@@ -797,7 +816,10 @@ class UAPIServer:
                     self.deleted.set()
                     log.info("UAPI socket %s was removed", self.path)
                     if self.on_deleted is not None:
-                        self.on_deleted()
+                        try:
+                            self.on_deleted()
+                        except Exception:  # noqa: BLE001 - the owner's bug; keep serving
+                            log.exception("on_deleted callback failed")
                 for key, _ in events:
                     if key.fileobj is self._sock:
                         self._accept()

@@ -627,3 +627,37 @@ def test_connection_limit_and_close_ends_open_connections():
         assert e.server.rejected_connections == 1
     finally:
         e.close()  # joins the two idle connection threads (the leak check verifies it)
+
+
+def test_apply_config_replaces_everything_like_setconf(env):
+    from dataplane import config as cfg
+
+    a, b = pub(), pub()
+    psk = PresharedKey.generate()
+    c = env.client()
+    c.set("public_key=" + pub().raw.hex(), "allowed_ip=10.99.0.0/16")  # replaced away
+    c.set("public_key=" + a.raw.hex(), "endpoint=192.0.2.1:1")
+    text = (
+        f"[Interface]\nListenPort = 51820\nFwMark = 0x10\nAddress = 10.0.0.1/24\n"
+        f"[Peer]\nPublicKey = {a}\nPresharedKey = {psk.to_base64()}\n"
+        f"AllowedIPs = 10.1.0.0/16\nEndpoint = vpn.example:7\nPersistentKeepalive = 5\n"
+        f"[Peer]\nPublicKey = {b}\nAllowedIPs = fd00::/8\n"
+    )
+    env.iface.apply_config(cfg.parse(text, resolver=lambda h, p: "2001:db8::7"))
+    lines = c.get()
+    assert lines[:3] == [f"private_key={hexkey(env.key)}", "listen_port=51820", "fwmark=16"]
+    blocks = peer_blocks(lines)
+    assert list(blocks) == [a.raw.hex(), b.raw.hex()]
+    assert f"preshared_key={hexkey(psk)}" in blocks[a.raw.hex()]
+    assert "endpoint=[2001:db8::7]:7" in blocks[a.raw.hex()]
+    assert "persistent_keepalive_interval=5" in blocks[a.raw.hex()]
+    assert "allowed_ip=fd00::/8" in blocks[b.raw.hex()]
+
+
+def test_server_lifecycle_errors(env):
+    with pytest.raises(RuntimeError):
+        env.server.start()
+    env.server.close()
+    env.server.close()  # idempotent
+    assert not os.path.exists(env.server.path)
+    env.server = UAPIServer("dpu0", env.iface, socket_dir=env.dir).start()
