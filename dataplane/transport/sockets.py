@@ -19,9 +19,9 @@ with the per-packet work in ``_ip`` (nogil over whole PacketBatches):
   (``outgoing``), answers ICMP/ICMPv6 echo requests for our addresses in place
   (``echo_reply``; the replies go back through ``incoming.put``), validates the rest as
   UDP (``parse_udp``: lengths, checksums, fragments), and appends each payload to the
-  bounded receive queue of the socket bound to its destination (address, port), a
-  specific binding taking precedence over a wildcard one. Replies to our own ``ping`` are
-  matched here too.
+  bounded receive queue of the socket bound to its destination address and port, or to
+  the port on all our addresses (the two never coexist: binding either takes the port,
+  as without SO_REUSEADDR). Replies to our own ``ping`` are matched here too.
 
 Everything a peer sends is data, never an exception: each drop is counted by reason in
 ``drops`` (``no_socket``, ``bad_checksum``, ``truncated``, ``not_udp``, ``fragment``,
@@ -305,6 +305,7 @@ class OverlayNetwork:
         self._ping_seq = itertools.count(1)
 
         self._parse = UdpParse(128)
+        self._demux_lock = threading.Lock()
         self._driver = driver
         self._closed = False
         self.handle = driver.new_overlay_transport()
@@ -539,7 +540,11 @@ class OverlayNetwork:
 
     def demux(self, batch: Any) -> None:
         """Handle one batch of IP packets from the data plane (the demux thread's step;
-        public so tests and single-threaded callers can drive it)."""
+        public so tests can drive it; calls are serialised, the parse state is shared)."""
+        with self._demux_lock:
+            self._demux(batch)
+
+    def _demux(self, batch: Any) -> None:
         if not isinstance(batch, PacketBatch):
             try:
                 batch = PacketBatch.from_packets(batch, mtu=0xFFFF)
