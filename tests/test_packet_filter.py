@@ -572,6 +572,41 @@ def test_flow_table_parameters_are_validated(kwargs):
         PacketFilter(**kwargs)
 
 
+@pytest.mark.parametrize("now", [float("nan"), float("inf"), float("-inf")])
+def test_now_must_be_finite(now):
+    f = PacketFilter()
+    b = PacketBatch.from_packets([ip4(ME4, OTHER4, 17, udp(1, 2))])
+    for call in (f.check_inbound, f.record_outbound):
+        with pytest.raises(ValueError, match="finite"):
+            call(b, now)
+    with pytest.raises(ValueError, match="finite"):
+        f.flow_count(now)
+    assert b.status_of(0) == OK and f.flow_count(0.0) == 0
+
+
+def test_compiled_rules_reject_inconsistent_tables():
+    import array
+
+    from dataplane.filter._packet import CompiledRules
+
+    def fam(src_set=0, dst_off=0, dst_len=0, dst_set=0, start=0):
+        q = lambda *v: array.array("Q", v)  # noqa: E731
+        i = lambda *v: array.array("I", v)  # noqa: E731
+        return (q(0), q(start), i(src_set), q(0), q(0), i(dst_off), i(dst_len), i(dst_set))
+
+    def build(**kw):
+        v4 = fam(**kw)
+        return CompiledRules(
+            1, 1, array.array("Q", [0] * 256), array.array("Q", [0, 1]),
+            array.array("I", [0]), array.array("H", [0]), array.array("H", [5]), v4, fam(),
+        )  # fmt: skip
+
+    build(src_set=1, dst_off=0, dst_len=1, dst_set=1)  # consistent
+    for bad in ({"src_set": 2}, {"dst_off": 1, "dst_len": 1}, {"dst_set": 7}, {"start": 5}):
+        with pytest.raises(ValueError):
+            build(**bad)
+
+
 # --------------------------------------------------------------------------- IP parsing
 
 

@@ -30,6 +30,7 @@ Both batch loops run ``with nogil:``; they read the packet slab and write only `
 """
 
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from libc.math cimport isfinite
 from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
@@ -493,6 +494,12 @@ cdef void* _copy(object arr, Py_ssize_t itemsize, Py_ssize_t* count) except? NUL
     return out
 
 
+cdef int _check_now(double now) except -1:
+    if not isfinite(now):
+        raise ValueError(f"now must be a finite number of monotonic seconds, got {now}")
+    return 0
+
+
 cdef class CompiledRules:
     """Immutable C tables built by ``dataplane.filter.packet.compile_rules``.
 
@@ -658,6 +665,7 @@ cdef class FilterCore:
         self._reset()
 
     def flow_count(self, double now):
+        _check_now(now)
         ft_purge(&self.ft, now)
         return self.ft.count
 
@@ -671,6 +679,7 @@ cdef class FilterCore:
         cdef uint8_t[::1] status = batch.status
         cdef uint32_t[::1] offsets = batch.offsets
         cdef uint32_t[::1] lengths = batch.lengths
+        _check_now(now)
         # Bounds once per batch: the loop trusts offsets/lengths of alive slots only when
         # they lie inside their slot; anything else is malformed.
         with nogil:
@@ -696,6 +705,7 @@ cdef class FilterCore:
         cdef uint8_t[::1] status = batch.status
         cdef uint32_t[::1] offsets = batch.offsets
         cdef uint32_t[::1] lengths = batch.lengths
+        _check_now(now)
         with nogil:
             # Reads the slab; writes the flow table only (statuses are left alone).
             ft_purge(ft, now)
@@ -709,6 +719,7 @@ cdef class FilterCore:
 
     def flows(self, double now):
         """Live flows as (family, proto, remote int, remote port, local int, local port)."""
+        _check_now(now)
         cdef int32_t i
         cdef Flow* f
         out = []
