@@ -278,6 +278,7 @@ class DataPlane:
             loopback_routes=self._loopback_routes,
             drop_routes=self._drop_routes,
         )
+        local: Mapping[object, int]
         if self._inbound_routes is None:
             local = {f"{a}/{a.max_prefixlen}": oid for a, oid in self._addresses.items()}
         else:

@@ -171,3 +171,24 @@ def test_udp_transport_under_the_driver_and_clean_close():
     finally:
         driver.close()
     driver.raise_if_failed()
+
+
+@pytest.mark.parametrize("gso", [True, False])
+def test_single_destination_send_with_and_without_gso(gso):
+    # Runs of equal sizes, short tails, empty and dropped slots, more than one GSO message.
+    sizes = [64] * 70 + [100, 50] + [1452] * 40 + [0, 7, 7, 7] + [300] * 20
+    payloads = [os.urandom(n) for n in sizes]
+    with UdpSocket() as a, UdpSocket() as b:
+        a.io.gso = gso
+        batch = PacketBatch.from_packets(payloads)
+        batch.set_status(5, DropReason.NO_ROUTE)
+        batch.set_status(100, DropReason.NO_ROUTE)
+        want = [p for i, p in enumerate(payloads) if i not in (5, 100)]
+        assert a.send_batch(batch, b.address) == len(want)
+        got = PacketBatch(len(want))
+        deadline = time.monotonic() + 3
+        while len(got) < len(want) and time.monotonic() < deadline:
+            b.recv_batch(got, timeout=0.2)
+        assert got.packets() == want
+        assert a.io.tx_bytes == sum(map(len, want))
+        assert a.io.gso == gso  # the kernel here accepts UDP_SEGMENT

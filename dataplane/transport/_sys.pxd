@@ -34,6 +34,16 @@ cdef extern from "<sys/socket.h>" nogil:
     int MSG_WAITFORONE
     int MSG_TRUNC
 
+    struct cmsghdr:
+        size_t cmsg_len
+        int cmsg_level
+        int cmsg_type
+
+    cmsghdr *CMSG_FIRSTHDR(msghdr *msgh)
+    unsigned char *CMSG_DATA(cmsghdr *cmsg)
+    size_t CMSG_SPACE(size_t length)
+    size_t CMSG_LEN(size_t length)
+
     int recvmmsg(int sockfd, mmsghdr *msgvec, unsigned int vlen, int flags, void *timeout)
     int sendmmsg(int sockfd, mmsghdr *msgvec, unsigned int vlen, int flags)
 
@@ -59,6 +69,11 @@ cdef extern from "<netinet/in.h>" nogil:
 
     uint16_t htons(uint16_t)
     uint16_t ntohs(uint16_t)
+
+
+cdef extern from "<netinet/udp.h>" nogil:
+    int SOL_UDP
+    int UDP_SEGMENT
 
 
 cdef extern from "<poll.h>" nogil:

@@ -14,6 +14,7 @@ class BatchIO:
     tx_packets: int
     tx_bytes: int
     tx_failed: int
+    gso: bool
     def __new__(cls, fd: int, family: int, capacity: int = ..., wake_fd: int = ...) -> BatchIO: ...
     def recv(self, batch: PacketBatch, timeout: float = ...) -> int: ...
     def send(
