@@ -661,3 +661,21 @@ def test_server_lifecycle_errors(env):
     env.server.close()  # idempotent
     assert not os.path.exists(env.server.path)
     env.server = UAPIServer("dpu0", env.iface, socket_dir=env.dir).start()
+
+
+def test_one_set_of_many_peers_leaves_the_routing_tables_current(env):
+    """Tables are rebuilt once per request: packets must still route by the new prefixes."""
+    c = env.client()
+    keys = [pub() for _ in range(20)]
+    lines = []
+    for i, k in enumerate(keys):
+        lines += [f"public_key={k.raw.hex()}", f"allowed_ip=10.{i}.0.0/16",
+                  f"endpoint=192.0.2.{i + 1}:{1000 + i}"]  # fmt: skip
+    assert c.set(*lines) == 0
+    # Prefix 10.7.0.0/16 moves to the first peer in a later request.
+    assert c.set(f"public_key={keys[0].raw.hex()}", "allowed_ip=10.7.0.0/16") == 0
+    for dst, expect in (("0a050001", ("192.0.2.6", 1005)), ("0a070001", ("192.0.2.1", 1000))):
+        pkt = bytes.fromhex("4500001c000000004011000a0a000001" + dst) + bytes(8)
+        with env.driver.locked() as slot:
+            out = slot.process_outbound(time.monotonic(), 0, PacketBatch.from_packets([pkt]))
+        assert [ep for _uid, ep in out.to_underlay] == [expect]
