@@ -9,6 +9,14 @@ so a bad update raises and leaves the previous filter in force. ``apply_map_upda
 the control plane's named rulesets (legacy ``PacketFilter`` as ``"base"``, ``PacketFilters``
 with ``"*": null`` clearing all) and enforces their union.
 
+Parsing follows Go's ``MatchesFromFilterRules`` where the Rust reference is laxer: a CIDR with
+host bits set, a range ``a-b`` with ``a > b`` or mixed families, a zoned address, ``cap:`` in
+``DstPorts``, non-empty ``SrcBits``/``Bits`` are errors; ``IPProto`` absent/null/``[]`` means
+ICMP, ICMPv6, TCP, UDP, and numbers outside 0..255 are accepted but never match; a rule with
+``CapGrant`` and neither ``DstPorts`` nor ``IPProto`` grants application capabilities and is
+ignored here; ``CapGrant`` next to ``DstPorts`` keeps the network part (Go; Rust rejects it);
+a rule without ``DstPorts`` never matches. Unknown fields are ignored.
+
 Inbound verdict for each alive slot (``check_inbound``), following Go ``wgengine/filter``
 (``RunIn``/``pre``) except where marked *ours*:
 
@@ -19,6 +27,7 @@ Inbound verdict for each alive slot (``check_inbound``), following Go ``wgengine
    ignored. IPv6 extension headers Hop-by-Hop, Routing, Destination Options, AH and Fragment
    are walked (at most 8, each bounds-checked; more, or one running past the payload, is
    ``ST_BAD_IP``); ESP, No-Next-Header and unknown headers are "other protocols" (step 6).
+   (*ours*: Go does not walk IPv6 extension headers and drops such packets as unknown.)
 2. Multicast destination, or link-local unicast other than 169.254.169.254 → dropped.
 3. Non-first fragment (IPv4 offset ≠ 0, IPv6 Fragment header offset ≠ 0) → passes; the first
    fragment carried the transport header and was filtered.
@@ -45,7 +54,7 @@ echo request records the reply's 5-tuple (for ICMP: the echo identifier) with ex
 ``now + flow_timeout``; TCP flows exist only so that ICMP errors about our connections (e.g.
 "packet too big") come back. The table keeps at most ``max_flows`` flows (default 4096;
 Go keeps 512); when full, the least recently refreshed flow is evicted. Default
-``flow_timeout`` is 120 s (Linux conntrack's established-UDP timeout). Only outbound
+``flow_timeout`` is 120 s (Linux conntrack's UDP stream timeout). Only outbound
 packets refresh a flow; inbound lookups never change the table. ``now`` is monotonic
 seconds and must not go backwards. The outbound pass never drops anything.
 """
