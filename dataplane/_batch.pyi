@@ -44,14 +44,14 @@ class PacketBatch:
     slot_size: int
     headroom: int
     tailroom: int
-    def __init__(
-        self,
+    def __new__(
+        cls,
         capacity: int = ...,
         mtu: int = ...,
         headroom: int = ...,
         tailroom: int = ...,
         slot_size: int | None = ...,
-    ) -> None: ...
+    ) -> PacketBatch: ...
     @classmethod
     def from_packets(
         cls, packets: Iterable[bytes | bytearray | memoryview], **kwargs: int
