@@ -335,3 +335,191 @@ def test_wg_ignores_a_socket_dir_override(node, tmp_path):
     r = subprocess.run([WG, "show", node.name], capture_output=True, text=True, env=env,
                        timeout=20)  # fmt: skip
     assert r.returncode == 0 and f"interface: {node.name}" in r.stdout
+
+
+# -- differential: the same requests against wireguard-go ----------------------------------------
+
+
+class WireguardGo:
+    """wireguard-go -f in a network namespace of its own (its TUN stays out of the host)."""
+
+    def __init__(self) -> None:
+        if shutil.which("wireguard-go") is None or shutil.which("ip") is None:
+            skip_or_fail("wireguard-go or ip is not installed")
+        if not os.path.exists("/dev/net/tun"):
+            skip_or_fail("/dev/net/tun is missing")
+        tag = random.randrange(10**11)
+        self.ns, self.name = f"dpd{tag:011d}", f"dpg{tag:011d}"
+        self.path = os.path.join(DEFAULT_SOCKET_DIR, f"{self.name}.sock")
+        subprocess.run(["ip", "netns", "add", self.ns], check=True, timeout=20)
+        env = dict(os.environ, WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD="1")
+        # `ip netns exec` execs wireguard-go in place: this PID is wireguard-go's.
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns, "wireguard-go", "-f", self.name],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while not os.path.exists(self.path):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.close()
+                raise RuntimeError("wireguard-go did not create its UAPI socket")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        subprocess.run(["ip", "netns", "del", self.ns], timeout=20)
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+
+
+def raw_at(path: str, data: bytes) -> bytes:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5.0)
+    try:
+        s.connect(path)
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+        return out
+    except (BrokenPipeError, ConnectionResetError):
+        return b""
+    finally:
+        s.close()
+
+
+def state(path: str) -> tuple[dict[str, str], dict[str, dict[str, object]]]:
+    """A get reply without counters, peers keyed by public key, prefixes sorted."""
+    reply = raw_at(path, b"get=1\n\n").decode()
+    assert reply.endswith("errno=0\n\n"), reply
+    iface: dict[str, str] = {}
+    peers: dict[str, dict[str, object]] = {}
+    current: dict[str, object] | None = None
+    for line in reply.splitlines():
+        if not line or line.startswith("errno="):
+            continue
+        key, _, value = line.partition("=")
+        if key == "public_key":
+            current = peers.setdefault(value, {"allowed_ip": []})
+        elif current is None:
+            iface[key] = value
+        elif key == "allowed_ip":
+            current["allowed_ip"].append(value)  # type: ignore[union-attr]
+        elif key not in ("tx_bytes", "rx_bytes", "last_handshake_time_sec",
+                         "last_handshake_time_nsec"):  # fmt: skip
+            current[key] = value
+    for p in peers.values():
+        p["allowed_ip"] = sorted(p["allowed_ip"])  # type: ignore[arg-type]
+    return iface, peers
+
+
+@pytest.fixture
+def wggo():
+    _usable()
+    w = WireguardGo()
+    yield w
+    w.close()
+
+
+def _keys(n: int) -> list[str]:
+    return [PrivateKey.generate().public_key.raw.hex() for _ in range(n)]
+
+
+def test_same_answers_and_state_as_wireguard_go(node, wggo):
+    a, b, c, d, e = _keys(5)
+    k1, k2, k3 = PrivateKey.generate(), PrivateKey.generate(), PrivateKey.generate()
+    psk = PresharedKey.generate().secret_bytes().hex()
+    script = [
+        f"private_key={k1.secret_bytes().hex()}\nlisten_port=40001\nfwmark=0",
+        f"public_key={a}\npreshared_key={psk}\nendpoint=192.0.2.1:51820\n"
+        "allowed_ip=10.0.0.1/24\nallowed_ip=10.0.0.0/24\nallowed_ip=FD00:0::/64\nprotocol_version=1",
+        f"public_key={b}\nendpoint=[2001:DB8::1]:51820\nallowed_ip=10.1.0.0/16",
+        f"public_key={b}\nallowed_ip=10.0.0.0/24",  # moves from a to b
+        f"public_key={a}\nreplace_allowed_ips=true\nallowed_ip=192.168.0.0/16",
+        f"public_key={a}\npreshared_key={'00' * 32}\npersistent_keepalive_interval=0",
+        f"public_key={c}\nupdate_only=true\nallowed_ip=10.9.0.0/16",  # unknown: nothing
+        f"public_key={a}\nupdate_only=true\nendpoint=198.51.100.1:7",
+        f"public_key={d}\nremove=true",  # unknown: nothing
+        f"public_key={b}\nremove=true\nallowed_ip=10.200.0.0/16",  # rest of section ignored
+        "fwmark=123\nlisten_port=40002",
+        f"replace_peers=true\npublic_key={e}\nallowed_ip=10.5.0.0/16\nallowed_ip=::/0",
+        f"public_key={a}\nallowed_ip=10.6.0.0/16",
+        f"private_key={k2.secret_bytes().hex()}",  # a new key keeps the peers
+        "fwmark=0",
+        f"public_key={k3.public_key.raw.hex()}\nallowed_ip=10.7.0.0/16",
+        f"private_key={k3.secret_bytes().hex()}",  # removes the peer with that public key
+        f"private_key={'00' * 32}",  # clears the key: get leaves it out
+        f"public_key={c}\nallowed_ip=10.8.0.0/16",  # peers can still be configured
+        f"private_key={k1.secret_bytes().hex()}",
+    ]
+    for i, body in enumerate(script):
+        request = f"set=1\n{body}\n\n".encode()
+        answers = raw_at(wggo.path, request), raw_at(node.server.path, request)
+        assert answers == (b"errno=0\n\n", b"errno=0\n\n"), (i, body, answers)
+        assert state(node.server.path) == state(wggo.path), (i, body)
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        b"set=1\npublic_key=zz" + b"0" * 62 + b"\n\n",
+        b"set=1\nfrobnicate=1\n\n",
+        b"set=1\nno-equals\n\n",
+        b"set=1\nprivate_key=" + b"1" * 70000 + b"\n\n",
+        b"set=1\nlisten_port=+5\n\n",
+        b"set=1\nlisten_port=65536\n\n",
+        b"set=1\nreplace_peers=false\n\n",
+        b"set=1\npublic_key=" + b"11" * 32 + b"\nprotocol_version=2\n\n",
+        b"set=1\npublic_key=" + b"11" * 32 + b"\nallowed_ip=10.0.0.1\n\n",
+        b"set=1\npublic_key=" + b"11" * 32 + b"\nendpoint=2001:db8::1:5\n\n",
+        b"set=1\npublic_key=" + b"11" * 32 + b"\nprivate_key=" + b"22" * 32 + b"\n\n",
+        b"get=1\nlisten_port=5\n\n",
+        b"hello=1\n\n",
+    ],
+)
+def test_same_errno_as_wireguard_go(node, wggo, request_):
+    theirs, ours = raw_at(wggo.path, request_), raw_at(node.server.path, request_)
+    assert ours == theirs
+    assert theirs in (b"", b"errno=-5\n\n", b"errno=-22\n\n", b"errno=-71\n\n")
+
+
+def test_documented_deviations_from_wireguard_go(node, wggo):
+    """Where we differ from wireguard-go 0.0.20220316 on purpose (or by a core limit)."""
+    (a,) = _keys(1)
+    for path in (wggo.path, node.server.path):
+        assert raw_at(path, f"set=1\npublic_key={a}\nallowed_ip=10.0.0.0/8\n\n".encode()) == (
+            b"errno=0\n\n"
+        )
+
+    def both(body: str) -> tuple[bytes, bytes]:
+        request = f"set=1\n{body}\n\n".encode()
+        return raw_at(wggo.path, request), raw_at(node.server.path, request)
+
+    # A failed set: the reference keeps the lines before the error, we change nothing.
+    assert both(f"public_key={a}\nreplace_allowed_ips=true\nallowed_ip=bad") == (
+        b"errno=-22\n\n",
+        b"errno=-22\n\n",
+    )
+    assert state(wggo.path)[1][a]["allowed_ip"] == []
+    assert state(node.server.path)[1][a]["allowed_ip"] == ["10.0.0.0/8"]
+    # Removing one prefix with a leading '-' is newer than this wireguard-go (2025).
+    assert both(f"public_key={a}\nallowed_ip=-10.0.0.0/8") == (b"errno=-22\n\n", b"errno=0\n\n")
+    # The core cannot hold port 0 or a low-order public key; the reference accepts both.
+    assert both(f"public_key={a}\nendpoint=192.0.2.1:0") == (b"errno=0\n\n", b"errno=-22\n\n")
+    assert both(f"public_key={'00' * 32}") == (b"errno=0\n\n", b"errno=-22\n\n")
+    # The core stores IPv4-mapped endpoints as IPv4; the reference keeps the mapped form.
+    assert both(f"public_key={a}\nendpoint=[::ffff:192.0.2.9]:9") == (
+        b"errno=0\n\n",
+        b"errno=0\n\n",
+    )
+    assert state(wggo.path)[1][a]["endpoint"] == "[::ffff:192.0.2.9]:9"
+    assert state(node.server.path)[1][a]["endpoint"] == "192.0.2.9:9"
