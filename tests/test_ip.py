@@ -33,8 +33,9 @@ flows = st.one_of(st.tuples(ipv4s, ipv4s), st.tuples(ipv6s, ipv6s))
 
 
 def batch_of(packets, headroom: int = 16, **kw) -> PacketBatch:
-    return PacketBatch.from_packets(packets, mtu=max([1, *map(len, packets)]), headroom=headroom,
-                                    **kw)
+    return PacketBatch.from_packets(
+        packets, mtu=max([1, *map(len, packets)]), headroom=headroom, **kw
+    )
 
 
 def c_parse(pkt: bytes) -> model.Parsed:
@@ -122,8 +123,12 @@ def test_push_udp_room_family_and_size_limits():
 
     # Per-slot: a mixed-family slot is dropped, the others built.
     b = batch_of([b"ok", b"mixed"], headroom=64)
-    addrs = (_ip.pack_address(V4[0]) + _ip.pack_address(V4[1])
-             + _ip.pack_address(V4[0]) + _ip.pack_address(V6[1]))
+    addrs = (
+        _ip.pack_address(V4[0])
+        + _ip.pack_address(V4[1])
+        + _ip.pack_address(V4[0])
+        + _ip.pack_address(V6[1])
+    )
     assert _ip.push_udp_each(b, addrs, memoryview(bytearray(8)).cast("H")) == 1
     assert b.status_of(1) == DropReason.BAD_IP
     with pytest.raises(ValueError, match="addrs"):
@@ -174,8 +179,7 @@ CASES = {
     "v4_ok": model.udp(*V4, 1000, 53, b"query"),
     "v6_ok": model.udp(*V6, 1000, 53, b"query"),
     "v4_empty_payload": model.udp(*V4, 1, 2, b""),
-    "v4_zero_checksum_allowed": (lambda p: p[:26] + b"\0\0" + p[28:])(
-        model.udp(*V4, 1, 2, b"abc")),
+    "v4_zero_checksum_allowed": (lambda p: p[:26] + b"\0\0" + p[28:])(model.udp(*V4, 1, 2, b"abc")),
     "v6_zero_checksum": (lambda p: p[:46] + b"\0\0" + p[48:])(model.udp(*V6, 1, 2, b"abc")),
     "v4_bad_udp_checksum": (lambda p: p[:-1] + bytes([p[-1] ^ 1]))(model.udp(*V4, 1, 2, b"abc")),
     "v6_bad_udp_checksum": (lambda p: p[:-1] + bytes([p[-1] ^ 1]))(model.udp(*V6, 1, 2, b"abc")),
@@ -190,11 +194,14 @@ CASES = {
     "v6_mapped_source": model.udp("::ffff:10.0.0.1", V6[1], 1, 2, b"x"),
     "v4_trailing_bytes": model.udp(*V4, 1, 2, b"abc") + b"pad",
     "v4_udp_length_short": (lambda seg: model.ip_header(*V4, 17, len(seg)) + seg)(
-        model.udp(*V4, 1, 2, b"a")[20:] + b"bcd"),
+        model.udp(*V4, 1, 2, b"a")[20:] + b"bcd"
+    ),
     "v4_udp_length_long": (lambda p: p[:24] + struct.pack("!H", 200) + p[26:])(
-        model.udp(*V4, 1, 2, b"abcd")),
+        model.udp(*V4, 1, 2, b"abcd")
+    ),
     "v4_udp_length_tiny": (lambda p: p[:24] + struct.pack("!H", 4) + p[26:])(
-        model.udp(*V4, 1, 2, b"abcd")),
+        model.udp(*V4, 1, 2, b"abcd")
+    ),
     "v4_icmp": model.echo(*V4, 1, 1, b"ping"),
     "v6_icmp": model.echo(*V6, 1, 1, b"ping"),
     "v4_tcp": (lambda h: h + bytes(20))(model.ip_header(*V4, 6, 20)),
@@ -206,22 +213,42 @@ CASES = {
 }
 
 EXPECTED = {
-    "v4_ok": "ok", "v6_ok": "ok", "v4_empty_payload": "ok", "v4_zero_checksum_allowed": "ok",
-    "v6_zero_checksum": "bad_checksum", "v4_bad_udp_checksum": "bad_checksum",
-    "v6_bad_udp_checksum": "bad_checksum", "v4_bad_header_checksum": "bad_checksum",
-    "v4_more_fragments": "fragment", "v4_fragment_offset": "fragment",
-    "v6_fragment_header": "fragment", "v6_hop_by_hop_and_dest_opts": "ok",
-    "v6_routing_done": "ok", "v6_routing_segments_left": "bad_header",
-    "v6_too_many_ext": "bad_header", "v6_mapped_source": "bad_header",
-    "v4_trailing_bytes": "ok", "v4_udp_length_short": "ok", "v4_udp_length_long": "truncated",
-    "v4_udp_length_tiny": "bad_header", "v4_icmp": "not_udp", "v6_icmp": "not_udp",
-    "v4_tcp": "not_udp", "v4_truncated": "truncated", "v6_truncated": "truncated",
-    "v4_ihl_too_small": "bad_header", "version_5": "bad_header", "empty": "truncated",
+    "v4_ok": "ok",
+    "v6_ok": "ok",
+    "v4_empty_payload": "ok",
+    "v4_zero_checksum_allowed": "ok",
+    "v6_zero_checksum": "bad_checksum",
+    "v4_bad_udp_checksum": "bad_checksum",
+    "v6_bad_udp_checksum": "bad_checksum",
+    "v4_bad_header_checksum": "bad_checksum",
+    "v4_more_fragments": "fragment",
+    "v4_fragment_offset": "fragment",
+    "v6_fragment_header": "fragment",
+    "v6_hop_by_hop_and_dest_opts": "ok",
+    "v6_routing_done": "ok",
+    "v6_routing_segments_left": "bad_header",
+    "v6_too_many_ext": "bad_header",
+    "v6_mapped_source": "bad_header",
+    "v4_trailing_bytes": "ok",
+    "v4_udp_length_short": "ok",
+    "v4_udp_length_long": "truncated",
+    "v4_udp_length_tiny": "bad_header",
+    "v4_icmp": "not_udp",
+    "v6_icmp": "not_udp",
+    "v4_tcp": "not_udp",
+    "v4_truncated": "truncated",
+    "v6_truncated": "truncated",
+    "v4_ihl_too_small": "bad_header",
+    "version_5": "bad_header",
+    "empty": "truncated",
 }
 
 STATUS = {
-    "ok": DropReason.OK, "truncated": DropReason.TOO_SHORT, "bad_header": DropReason.BAD_IP,
-    "not_udp": DropReason.BAD_TYPE, "fragment": DropReason.BAD_IP,
+    "ok": DropReason.OK,
+    "truncated": DropReason.TOO_SHORT,
+    "bad_header": DropReason.BAD_IP,
+    "not_udp": DropReason.BAD_TYPE,
+    "fragment": DropReason.BAD_IP,
     "bad_checksum": DropReason.BAD_IP,
 }
 
@@ -253,7 +280,7 @@ def mutations(pkt: bytes, rng: random.Random, n: int):
             for _ in range(rng.randint(1, 3)):
                 m[rng.randrange(len(m))] ^= 1 << rng.randrange(8)
         elif op == 1:
-            del m[rng.randrange(len(m) + 1):]
+            del m[rng.randrange(len(m) + 1) :]
         else:
             m += os.urandom(rng.randrange(8))
         yield bytes(m)
@@ -270,7 +297,10 @@ def test_parse_agrees_with_model_on_mutated_packets():
         assert _ip.VERDICT_NAMES[r.verdict(i)] == want.verdict, pkt.hex()
         if want.verdict == "ok":
             assert (r.source(i), r.destination(i), bytes(r.payload(i))) == (
-                want.src, want.dst, want.payload)
+                want.src,
+                want.dst,
+                want.payload,
+            )
         assert b.status_of(i) == STATUS[want.verdict]
     assert r.good == sum(c == "ok" for c in map(lambda p: model.parse_udp(p).verdict, pkts))
 
@@ -279,8 +309,10 @@ def test_parse_agrees_with_model_on_mutated_packets():
 @given(st.lists(st.binary(max_size=120), min_size=1, max_size=16))
 def test_hostile_random_bytes_give_statuses_never_exceptions(pkts):
     # Make the version nibble interesting half the time.
-    pkts = [bytes([(0x45, 0x60)[k % 2] | (p[0] & 0x0F)]) + p[1:] if p and k % 3 else p
-            for k, p in enumerate(pkts)]
+    pkts = [
+        bytes([(0x45, 0x60)[k % 2] | (p[0] & 0x0F)]) + p[1:] if p and k % 3 else p
+        for k, p in enumerate(pkts)
+    ]
     b = batch_of(pkts)
     r = _ip.parse_udp(b)
     for i, p in enumerate(pkts):
@@ -299,8 +331,9 @@ def test_truncations_of_valid_packets():
         b = batch_of(cut)
         r = _ip.parse_udp(b)
         assert r.good == 0
-        assert all(_ip.VERDICT_NAMES[r.verdict(i)] == model.parse_udp(p).verdict
-                   for i, p in enumerate(cut))
+        assert all(
+            _ip.VERDICT_NAMES[r.verdict(i)] == model.parse_udp(p).verdict for i, p in enumerate(cut)
+        )
 
 
 def test_parse_reuses_its_result_object_and_grows():
@@ -321,8 +354,12 @@ OURS16 = b"".join(_ip.pack_address(a) for a in sorted(OURS))
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.sampled_from([V4, V6]), st.integers(0, 0xFFFF), st.integers(0, 0xFFFF),
-       st.binary(max_size=1000))
+@given(
+    st.sampled_from([V4, V6]),
+    st.integers(0, 0xFFFF),
+    st.integers(0, 0xFFFF),
+    st.binary(max_size=1000),
+)
 def test_echo_reply_matches_model_and_is_a_valid_reply(flow, ident, seq, data):
     src, dst = flow
     req = model.echo(src, dst, ident, seq, data)
@@ -338,17 +375,17 @@ def test_echo_reply_matches_model_and_is_a_valid_reply(flow, ident, seq, data):
 def test_echo_leaves_everything_else_untouched():
     other = "100.64.0.99"
     pkts = [
-        model.echo(V4[0], other, 1, 1),                       # not our address
-        model.echo(V4[1], V4[0], 1, 1, reply=True),           # a reply, not a request
+        model.echo(V4[0], other, 1, 1),  # not our address
+        model.echo(V4[1], V4[0], 1, 1, reply=True),  # a reply, not a request
         model.echo(V6[0], V6[1], 1, 1, reply=True),
-        CASES["v4_ok"],                                       # UDP
-        model.echo("224.0.0.1", V4[1], 1, 1),                 # multicast source
-        model.echo("0.0.0.0", V4[1], 1, 1),                   # unspecified source
+        CASES["v4_ok"],  # UDP
+        model.echo("224.0.0.1", V4[1], 1, 1),  # multicast source
+        model.echo("0.0.0.0", V4[1], 1, 1),  # unspecified source
         model.echo("ff02::1", V6[1], 1, 1),
         (lambda p: p[:-1] + bytes([p[-1] ^ 0x80]))(model.echo(V4[0], V4[1], 1, 1, b"x")),
         (lambda p: p[:-1] + bytes([p[-1] ^ 0x80]))(model.echo(V6[0], V6[1], 1, 1, b"x")),
         (lambda p: p[:21] + b"\x01" + p[22:])(model.echo(V4[0], V4[1], 1, 1)),  # code 1
-        model.echo(V4[0], V4[1], 1, 1)[:27],                  # truncated ICMP
+        model.echo(V4[0], V4[1], 1, 1)[:27],  # truncated ICMP
     ]
     b = batch_of(pkts)
     assert _ip.echo_reply(b, OURS16) == []

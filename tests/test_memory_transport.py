@@ -232,8 +232,9 @@ def test_bad_arguments():
 # -- overlay sockets across the wire ---------------------------------------------------------
 
 
-@pytest.mark.parametrize(("addr_a", "addr_b"), [
-    ("100.64.0.1", "100.64.0.2"), ("fd7a:115c:a1e0::1", "fd7a:115c:a1e0::2")])
+@pytest.mark.parametrize(
+    ("addr_a", "addr_b"), [("100.64.0.1", "100.64.0.2"), ("fd7a:115c:a1e0::1", "fd7a:115c:a1e0::2")]
+)
 def test_overlay_sockets_talk_across_the_wire(pair, addr_a, addr_b):
     net_a = OverlayNetwork(pair.a, [addr_a], name="ova")
     net_b = OverlayNetwork(pair.b, [addr_b], name="ovb")

@@ -116,15 +116,21 @@ def test_socket_sends_exact_model_packets_and_receives_from_peers(routed):
         s.sendto(b"to-peer-4", (PEER4, 53))
         s.sendto(b"to-peer-6", (PEER6, 53))
         got = tap.collect(2)
-        assert sorted(got) == sorted([
-            model.udp(A4, PEER4, 5353, 53, b"to-peer-4"),
-            model.udp(A6, PEER6, 5353, 53, b"to-peer-6"),
-        ])
+        assert sorted(got) == sorted(
+            [
+                model.udp(A4, PEER4, 5353, 53, b"to-peer-4"),
+                model.udp(A6, PEER6, 5353, 53, b"to-peer-6"),
+            ]
+        )
         for pkt in got:
             assert model.parse_udp(pkt).verdict == "ok"
 
-        tap.send([model.udp(PEER4, A4, 53, 5353, b"answer-4"),
-                  model.udp(PEER6, A6, 54, 5353, b"answer-6")])
+        tap.send(
+            [
+                model.udp(PEER4, A4, 53, 5353, b"answer-4"),
+                model.udp(PEER6, A6, 54, 5353, b"answer-6"),
+            ]
+        )
         assert s.recvfrom(timeout=2) == (b"answer-4", (PEER4, 53))
         assert s.recvfrom(timeout=2) == (b"answer-6", (PEER6, 54))
 
@@ -139,8 +145,11 @@ def test_ping_from_a_peer_gets_the_model_reply(routed, peer, ours):
     assert reply == model.echo(ours, peer, 0x1234, 7, b"abcdefgh" * 7, reply=True)
     assert net.counters["echo_requests_answered"] == 1
     # A ping to an address that is not ours is not answered (and not UDP: counted).
-    net.demux(PacketBatch.from_packets(
-        [model.echo(peer, "100.64.0.77" if ours == A4 else "fd00::77", 1, 1)]))
+    net.demux(
+        PacketBatch.from_packets(
+            [model.echo(peer, "100.64.0.77" if ours == A4 else "fd00::77", 1, 1)]
+        )
+    )
     assert tap.collect(1, timeout=0.3) == []
     assert net.counters["echo_requests_answered"] == 1
     assert net.drops == {"not_udp": 1}
@@ -184,17 +193,33 @@ def test_drops_by_reason(loop):
         good = model.udp(PEER4, A4, 1, 7000, b"ok")
         bad_sum = good[:-1] + bytes([good[-1] ^ 1])
         frag = (lambda seg: model.ip_header(PEER4, A4, 17, len(seg), flags_frag=0x2000) + seg)(
-            good[20:])
+            good[20:]
+        )
         tcp = model.ip_header(PEER4, A4, 6, 20) + bytes(20)
-        loop.demux(PacketBatch.from_packets([
-            good, good, good,                                   # queue holds 2: one dropped
-            model.udp(PEER4, A4, 1, 7001, b"nobody"),           # no socket on the port
-            model.udp(PEER4, "100.64.0.50", 1, 7000, b"x"),     # not our address
-            bad_sum, frag, tcp, good[:25], b"\x00garbage",
-        ]))
+        loop.demux(
+            PacketBatch.from_packets(
+                [
+                    good,
+                    good,
+                    good,  # queue holds 2: one dropped
+                    model.udp(PEER4, A4, 1, 7001, b"nobody"),  # no socket on the port
+                    model.udp(PEER4, "100.64.0.50", 1, 7000, b"x"),  # not our address
+                    bad_sum,
+                    frag,
+                    tcp,
+                    good[:25],
+                    b"\x00garbage",
+                ]
+            )
+        )
         assert loop.drops == {
-            "socket_queue_full": 1, "no_socket": 1, "not_our_address": 1,
-            "bad_checksum": 1, "fragment": 1, "not_udp": 1, "truncated": 1,
+            "socket_queue_full": 1,
+            "no_socket": 1,
+            "not_our_address": 1,
+            "bad_checksum": 1,
+            "fragment": 1,
+            "not_udp": 1,
+            "truncated": 1,
             "bad_header": 1,
         }
         assert s.dropped == 1 and s.pending() == 2
@@ -223,8 +248,7 @@ def test_hostile_batches_never_raise(loop):
             pkts.append(bytes(m[: rng.randrange(len(m) + 1)] if rng.random() < 0.2 else m))
         loop.demux(PacketBatch.from_packets(pkts))
         expected = sum(
-            1 for p in pkts
-            if (r := model.parse_udp(p)).verdict == "ok" and r.dst == (A6, 9)
+            1 for p in pkts if (r := model.parse_udp(p)).verdict == "ok" and r.dst == (A6, 9)
         )
         assert s.pending() == expected
         assert loop.counters["rx_datagrams"] == expected
@@ -308,8 +332,12 @@ def test_family_without_an_address_is_unreachable():
 def test_constructor_validation():
     driver = ThreadedDataPlane(LoopbackCore(), max_idle_sleep=0.5)
     try:
-        for bad, msg in (([], "at least one"), (["nope"], "not an overlay IP"),
-                         (["224.0.0.1"], "unicast"), ([A4, A4], "twice")):
+        for bad, msg in (
+            ([], "at least one"),
+            (["nope"], "not an overlay IP"),
+            (["224.0.0.1"], "unicast"),
+            ([A4, A4], "twice"),
+        ):
             with pytest.raises(ValueError, match=msg):
                 OverlayNetwork(driver, bad)
         with pytest.raises(ValueError, match="IPv6 minimum"):
@@ -358,8 +386,9 @@ def test_concurrent_senders_share_batches_without_loss(loop):
             for k in range(per_thread):
                 sock.sendto(b"%d" % k, (A4, 8000))
 
-        threads = [threading.Thread(target=send, args=(s,), name=f"tx{k}")
-                   for k, s in enumerate(senders)]
+        threads = [
+            threading.Thread(target=send, args=(s,), name=f"tx{k}") for k, s in enumerate(senders)
+        ]
         for t in threads:
             t.start()
         for t in threads:

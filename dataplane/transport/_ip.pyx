@@ -277,7 +277,7 @@ cdef inline uint8_t _locate(const uint8_t* p, uint32_t n, bint* v4, uint32_t* l4
     """Validate the IP layer of p[0:n]; find the upper-layer header and the packet's end."""
     cdef uint32_t ihl, total, end, off, hlen
     cdef uint8_t nh
-    cdef int hops
+    cdef int _hop
     if n < 1:
         return V_TRUNCATED
     if (p[0] >> 4) == 4:
@@ -310,7 +310,7 @@ cdef inline uint8_t _locate(const uint8_t* p, uint32_t n, bint* v4, uint32_t* l4
             return V_BAD_HEADER
         nh = p[6]
         off = 40
-        for hops in range(MAX_EXT_HEADERS):
+        for _hop in range(MAX_EXT_HEADERS):
             if nh == NH_HOP_BY_HOP or nh == NH_ROUTING or nh == NH_DEST_OPTIONS:
                 if off + 8 > end:
                     return V_TRUNCATED

@@ -130,7 +130,9 @@ class _Direction:
         if not keep:
             return None
         out = PacketBatch(
-            len(keep), mtu=max(map(len, keep)) or 1, headroom=batch.headroom,
+            len(keep),
+            mtu=max(map(len, keep)) or 1,
+            headroom=batch.headroom,
             tailroom=batch.tailroom,
         )
         out.extend(keep)

@@ -43,7 +43,6 @@ import ipaddress
 import itertools
 import logging
 import random
-import socket
 import struct
 import threading
 import time
@@ -155,7 +154,7 @@ class OverlaySocket:
                 raise OSError(errno.EBADF, "overlay socket is closed")
             if self._queue:
                 return self._queue.popleft()
-        raise socket.timeout("timed out")
+        raise TimeoutError("timed out")
 
     def recv(self, timeout: float | None = _UNSET) -> bytes:
         return self.recvfrom(timeout)[0]
@@ -327,9 +326,7 @@ class OverlayNetwork:
             except ValueError as e:
                 raise OSError(errno.EADDRNOTAVAIL, f"not an IP address: {address!r}") from e
             if bound not in self._ours:
-                raise OSError(
-                    errno.EADDRNOTAVAIL, f"{address} is not one of {self.addresses}"
-                )
+                raise OSError(errno.EADDRNOTAVAIL, f"{address} is not one of {self.addresses}")
         if not isinstance(port, int) or not 0 <= port <= 0xFFFF:
             raise OverflowError(f"port must be 0-65535, got {port!r}")
         depth = self._recv_queue if recv_queue is None else recv_queue
@@ -495,7 +492,7 @@ class OverlayNetwork:
             batch.append(packet)
             self._put(batch, 1)
             if not done.wait(timeout):
-                raise socket.timeout(f"no echo reply from {address} within {timeout}s")
+                raise TimeoutError(f"no echo reply from {address} within {timeout}s")
             with self._ping_lock:
                 arrived = self._pings[key][2]
             return float(arrived - t0)
