@@ -623,6 +623,8 @@ def test_ipv6_extension_headers_are_walked():
         assert verdict(f, ip6(OTHER6, ME6, 6, tcp(1, 23, ACK), ext=ext)) == OK, ext
     later_frag = (44, b"\x01\x01\0\0\0\x07")  # offset 32: no transport header follows
     assert verdict(f, ip6(OTHER6, ME6, 17, b"payload!", ext=[later_frag])) == OK
+    overlapping = (44, b"\x00\x09\0\0\0\x07")  # offset 1 block: overlaps the TCP header
+    assert verdict(f, ip6(OTHER6, ME6, 6, b"payload!", ext=[overlapping])) == PF
     assert verdict(f, ip6(OTHER6, ME6, 17, b"payload!", ext=[hbh] * 9)) == BAD  # too many
     assert verdict(f, ip6(OTHER6, ME6, 17, b"payload!", ext=[hbh] * 8)) == PF  # 8 is fine
     assert verdict(f, ip6(OTHER6, ME6, 17, b"short", ext=[hbh] * 8)) == BAD  # UDP cut
@@ -634,6 +636,12 @@ def test_ipv4_fragments_options_and_padding():
     f = PacketFilter(SSH_FROM_PEER)
     assert verdict(f, ip4(OTHER4, ME4, 17, b"tail-of-datagram", frag=100)) == OK
     assert verdict(f, ip4(OTHER4, ME4, 17, udp(1, 22), frag=0x2000)) == PF  # first fragment
+    # RFC 1858 (as Go): a tiny first fragment cannot hide the ports or flags, and a later
+    # fragment may not start inside the first 80 bytes, where it could rewrite them.
+    assert verdict(f, ip4(PEER4, ME4, 6, tcp(1, 22)[:8], frag=0x2000)) == BAD
+    assert verdict(f, ip4(OTHER4, ME4, 6, b"\0" * 8 + b"\0" * 5 + b"\x02", frag=1)) == PF
+    assert verdict(f, ip4(OTHER4, ME4, 17, b"tail-of-datagram", frag=9)) == PF
+    assert verdict(f, ip4(OTHER4, ME4, 17, b"tail-of-datagram", frag=10)) == OK
     assert verdict(f, ip4(PEER4, ME4, 6, tcp(1, 22), options=b"\x01\x01\x01\x00")) == OK
     padded = ip4(PEER4, ME4, 6, tcp(1, 22)) + b"\xff" * 16
     assert verdict(f, padded) == OK

@@ -55,6 +55,9 @@ cdef enum:
     X_DSTOPTS = 60
     # More extension headers than this is not a packet we pass (conservative, see packet.py).
     MAX_EXT_HEADERS = 8
+    # RFC 1858: a later fragment starting inside the first 80 bytes (largest IPv4 header +
+    # a basic TCP header, in 8-byte blocks) could rewrite the ports or flags we checked.
+    MIN_FRAG_BLOCKS = 10
     TCP_SYN = 0x02
     TCP_ACK = 0x10
     # Match modes.
@@ -70,6 +73,7 @@ ctypedef struct Pkt:
     const uint8_t* l4
     uint32_t l4len
     bint frag                     # a non-first fragment: no transport header
+    uint32_t fragoff              # its offset in 8-byte blocks
 
 
 cdef inline uint32_t rd16(const uint8_t* p) noexcept nogil:
@@ -115,7 +119,8 @@ cdef inline int parse_ip(const uint8_t* p, uint32_t n, Pkt* q, bint embedded) no
         q.slo = rd32(p + 12)
         q.dhi = 0
         q.dlo = rd32(p + 16)
-        q.frag = (rd16(p + 6) & 0x1fff) != 0
+        q.fragoff = rd16(p + 6) & 0x1fff
+        q.frag = q.fragoff != 0
         q.l4 = p + ihl
         q.l4len = tot - ihl
         return 0
@@ -133,6 +138,7 @@ cdef inline int parse_ip(const uint8_t* p, uint32_t n, Pkt* q, bint embedded) no
         q.dhi = rd64(p + 24)
         q.dlo = rd64(p + 32)
         q.frag = 0
+        q.fragoff = 0
         nh = p[6]
         off = 40
         k = 0
@@ -143,8 +149,8 @@ cdef inline int parse_ip(const uint8_t* p, uint32_t n, Pkt* q, bint embedded) no
                 return 1
             if nh == X_FRAGMENT:
                 hl = 8
-                if (rd16(p + off + 2) & 0xfff8) != 0:
-                    q.frag = 1
+                q.fragoff = rd16(p + off + 2) >> 3
+                q.frag = q.fragoff != 0
             elif nh == X_AH:
                 hl = (<uint32_t>p[off + 1] + 2) * 4
             else:
@@ -428,7 +434,8 @@ cdef inline uint8_t inbound_verdict(const RuleTables* R, const FlowTable* ft,
     if dst_blocked(&q):
         return ST_PACKET_FILTER
     if q.frag:
-        return ST_OK               # the first fragment carried the ports and was filtered
+        # The first fragment carried the transport header and was filtered.
+        return ST_OK if q.fragoff >= MIN_FRAG_BLOCKS else ST_PACKET_FILTER
     if q.l4len < l4_min(&q):
         return ST_BAD_IP
     if q.proto == P_TCP:

@@ -29,8 +29,11 @@ Inbound verdict for each alive slot (``check_inbound``), following Go ``wgengine
    ``ST_BAD_IP``); ESP, No-Next-Header and unknown headers are "other protocols" (step 6).
    (*ours*: Go does not walk IPv6 extension headers and drops such packets as unknown.)
 2. Multicast destination, or link-local unicast other than 169.254.169.254 → dropped.
-3. Non-first fragment (IPv4 offset ≠ 0, IPv6 Fragment header offset ≠ 0) → passes; the first
-   fragment carried the transport header and was filtered.
+3. Non-first fragment (IPv4 offset ≠ 0, IPv6 Fragment header offset ≠ 0) → passes, since
+   the first fragment carried the transport header and was filtered — unless it starts in
+   the first 80 bytes (offset < 10 blocks), where it could overwrite the ports or TCP flags
+   (RFC 1858 overlapping-fragment evasion, Go ``minFragBlks``) → dropped. A first fragment
+   too short for its transport header is ``ST_BAD_IP`` (step 1).
 4. TCP: anything but a bare SYN (SYN set, ACK clear) passes; a SYN needs a matching rule.
 5. UDP/SCTP: passes if it is a reply to a flow we started, else needs a matching rule.
    ICMP (v4 in IPv4, v6 in IPv6): an echo reply passes if we sent the echo request (*ours*:

@@ -42,6 +42,7 @@ class Parsed:
     dst: IPAddr
     l4: bytes
     nonfirst_fragment: bool
+    fragment_offset: int = 0  # in 8-byte blocks
 
 
 def parse_ip(pkt: bytes, embedded: bool = False) -> Parsed | None:
@@ -68,6 +69,7 @@ def parse_ip(pkt: bytes, embedded: bool = False) -> Parsed | None:
             ipaddress.IPv4Address(pkt[16:20]),
             pkt[ihl:total],
             offset != 0,
+            offset,
         )
     if version == 6:
         if len(pkt) < 40:
@@ -79,14 +81,14 @@ def parse_ip(pkt: bytes, embedded: bool = False) -> Parsed | None:
             total = len(pkt)
         src = ipaddress.IPv6Address(pkt[8:24])
         dst = ipaddress.IPv6Address(pkt[24:40])
-        nh, pos, seen, nonfirst = pkt[6], 40, 0, False
+        nh, pos, seen, offset = pkt[6], 40, 0, 0
         while nh in _EXT_HEADERS:
             seen += 1
             if seen > 8 or pos + 8 > total:
                 return None
             if nh == 44:
                 size = 8
-                nonfirst = (int.from_bytes(pkt[pos + 2 : pos + 4], "big") >> 3) != 0
+                offset = int.from_bytes(pkt[pos + 2 : pos + 4], "big") >> 3
             elif nh == 51:
                 size = (pkt[pos + 1] + 2) * 4
             else:
@@ -95,9 +97,9 @@ def parse_ip(pkt: bytes, embedded: bool = False) -> Parsed | None:
                 return None
             nh = pkt[pos]
             pos += size
-            if nonfirst:
+            if offset:
                 break
-        return Parsed(6, nh, src, dst, pkt[pos:total], nonfirst)
+        return Parsed(6, nh, src, dst, pkt[pos:total], offset != 0, offset)
     return None
 
 
@@ -239,7 +241,8 @@ class PacketFilterModel:
         ):
             return DropReason.PACKET_FILTER
         if p.nonfirst_fragment:
-            return DropReason.OK
+            # RFC 1858: no later fragment may overlap the first 80 bytes (Go minFragBlks).
+            return DropReason.OK if p.fragment_offset >= 10 else DropReason.PACKET_FILTER
         if len(p.l4) < _min_l4(p):
             return DropReason.BAD_IP
         allowed: bool
