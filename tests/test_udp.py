@@ -192,3 +192,27 @@ def test_single_destination_send_with_and_without_gso(gso):
         assert got.packets() == want
         assert a.io.tx_bytes == sum(map(len, want))
         assert a.io.gso == gso  # the kernel here accepts UDP_SEGMENT
+
+
+def test_one_thread_receives_while_another_sends_on_the_same_socket():
+    # Regression: receive and send used to share their mmsghdr arrays and crashed.
+    with UdpSocket() as s, UdpSocket() as peer:
+        total = 40 * 64
+        got = []
+
+        def receive():
+            deadline = time.monotonic() + 5
+            while sum(got) < total and time.monotonic() < deadline:
+                got.append(len(s.recv_batch(timeout=0.1)))
+
+        t = threading.Thread(target=receive, name="rx-same-socket")
+        t.start()
+        batch = PacketBatch.from_packets([b"x" * 100] * 64)
+        for _ in range(40):
+            peer.send_batch(batch, s.address)  # s receives ...
+            s.send_batch(batch, peer.address)  # ... while also sending
+            drain_batch = PacketBatch(128)
+            peer.recv_batch(drain_batch, timeout=0)
+        t.join(10)
+        assert not t.is_alive()
+        assert sum(got) == total

@@ -101,6 +101,12 @@ cdef class BatchIO:
     cdef int family
     cdef int wake_fd
     cdef unsigned int capacity
+    # The receiver and the sender each have their own arrays: one thread may receive while
+    # another sends. Two concurrent receivers (or senders) are refused.
+    cdef mmsghdr* rx_msgs
+    cdef iovec* rx_iovs
+    cdef sockaddr_in6* rx_addrs
+    cdef bint rx_busy, tx_busy
     cdef mmsghdr* msgs
     cdef iovec* iovs
     cdef sockaddr_in6* addrs
@@ -116,6 +122,9 @@ cdef class BatchIO:
         self.msgs = NULL
         self.iovs = NULL
         self.addrs = NULL
+        self.rx_msgs = NULL
+        self.rx_iovs = NULL
+        self.rx_addrs = NULL
         self.slot_of = NULL
         self.segs_of = NULL
         self.cmsg_buf = NULL
@@ -131,18 +140,25 @@ cdef class BatchIO:
         self.msgs = <mmsghdr*>calloc(capacity, sizeof(mmsghdr))
         self.iovs = <iovec*>calloc(capacity, sizeof(iovec))
         self.addrs = <sockaddr_in6*>calloc(capacity, sizeof(sockaddr_in6))
+        self.rx_msgs = <mmsghdr*>calloc(capacity, sizeof(mmsghdr))
+        self.rx_iovs = <iovec*>calloc(capacity, sizeof(iovec))
+        self.rx_addrs = <sockaddr_in6*>calloc(capacity, sizeof(sockaddr_in6))
         self.slot_of = <Py_ssize_t*>calloc(capacity, sizeof(Py_ssize_t))
         self.segs_of = <unsigned int*>calloc(capacity, sizeof(unsigned int))
         self.cmsg_space = CMSG_SPACE(sizeof(uint16_t))
         self.cmsg_buf = <uint8_t*>calloc(capacity, self.cmsg_space)
         if (self.msgs == NULL or self.iovs == NULL or self.addrs == NULL
-                or self.slot_of == NULL or self.segs_of == NULL or self.cmsg_buf == NULL):
+                or self.slot_of == NULL or self.segs_of == NULL or self.cmsg_buf == NULL
+                or self.rx_msgs == NULL or self.rx_iovs == NULL or self.rx_addrs == NULL):
             raise MemoryError()
 
     def __dealloc__(self):
         free(self.msgs)
         free(self.iovs)
         free(self.addrs)
+        free(self.rx_msgs)
+        free(self.rx_iovs)
+        free(self.rx_addrs)
         free(self.slot_of)
         free(self.segs_of)
         free(self.cmsg_buf)
@@ -153,6 +169,16 @@ cdef class BatchIO:
         Returns the number appended (0 on timeout or wake-up), or ``-errno`` on error.
         A datagram larger than the slot is kept truncated with status ST_TOO_BIG.
         """
+        # Test-and-set with the GIL held: cannot race with another Python thread.
+        if self.rx_busy:
+            raise RuntimeError("BatchIO.recv is already running in another thread")
+        self.rx_busy = True
+        try:
+            return self._recv(batch, timeout)
+        finally:
+            self.rx_busy = False
+
+    cdef object _recv(self, PacketBatch batch, double timeout):
         cdef unsigned int room = <unsigned int>min(batch.capacity - batch.count, self.capacity)
         cdef unsigned int j
         cdef Py_ssize_t base = batch.count, k
@@ -165,13 +191,13 @@ cdef class BatchIO:
             return 0
         for j in range(room):
             k = base + j
-            self.iovs[j].iov_base = batch.slot_ptr(k) + batch.headroom
-            self.iovs[j].iov_len = batch.slot_size - batch.headroom
-            memset(&self.msgs[j], 0, sizeof(mmsghdr))
-            self.msgs[j].msg_hdr.msg_iov = &self.iovs[j]
-            self.msgs[j].msg_hdr.msg_iovlen = 1
-            self.msgs[j].msg_hdr.msg_name = &self.addrs[j]
-            self.msgs[j].msg_hdr.msg_namelen = sizeof(sockaddr_in6)
+            self.rx_iovs[j].iov_base = batch.slot_ptr(k) + batch.headroom
+            self.rx_iovs[j].iov_len = batch.slot_size - batch.headroom
+            memset(&self.rx_msgs[j], 0, sizeof(mmsghdr))
+            self.rx_msgs[j].msg_hdr.msg_iov = &self.rx_iovs[j]
+            self.rx_msgs[j].msg_hdr.msg_iovlen = 1
+            self.rx_msgs[j].msg_hdr.msg_name = &self.rx_addrs[j]
+            self.rx_msgs[j].msg_hdr.msg_namelen = sizeof(sockaddr_in6)
         fds[0].fd = self.fd
         fds[0].events = POLLIN
         fds[0].revents = 0
@@ -195,7 +221,7 @@ cdef class BatchIO:
                 err = errno
             elif rc > 0 and (fds[0].revents != 0):
                 while True:
-                    n = recvmmsg(self.fd, self.msgs, room, MSG_DONTWAIT, NULL)
+                    n = recvmmsg(self.fd, self.rx_msgs, room, MSG_DONTWAIT, NULL)
                     if n < 0 and errno == EINTR:
                         continue
                     break
@@ -209,15 +235,15 @@ cdef class BatchIO:
         for j in range(<unsigned int>n):
             k = base + j
             batch.offsets[k] = <uint32_t>batch.headroom
-            batch.lengths[k] = self.msgs[j].msg_len
+            batch.lengths[k] = self.rx_msgs[j].msg_len
             batch.peers[k] = -1
             batch.status[k] = ST_OK
-            if self.msgs[j].msg_hdr.msg_flags & MSG_TRUNC:
+            if self.rx_msgs[j].msg_hdr.msg_flags & MSG_TRUNC:
                 batch.status[k] = ST_TOO_BIG
                 batch.lengths[k] = <uint32_t>(batch.slot_size - batch.headroom)
                 self.rx_truncated += 1
-            sockaddr_to_endpoint(&self.addrs[j], &batch.ep_addr[k, 0], &batch.ep_port[k])
-            self.rx_bytes += self.msgs[j].msg_len
+            sockaddr_to_endpoint(&self.rx_addrs[j], &batch.ep_addr[k, 0], &batch.ep_port[k])
+            self.rx_bytes += self.rx_msgs[j].msg_len
         batch.count = base + n
         self.rx_packets += n
         return n
@@ -228,6 +254,15 @@ cdef class BatchIO:
         Returns ``(sent, errors)`` where ``errors`` lists the errno of each datagram that
         could not be sent (the datagram is skipped, the rest still go out).
         """
+        if self.tx_busy:
+            raise RuntimeError("BatchIO.send is already running in another thread")
+        self.tx_busy = True
+        try:
+            return self._send(batch, endpoint)
+        finally:
+            self.tx_busy = False
+
+    cdef object _send(self, PacketBatch batch, endpoint):
         cdef const uint8_t[::1] dst_addr
         cdef uint16_t dst_port = 0
         cdef bint fixed = endpoint is not None
