@@ -6,12 +6,10 @@ import shutil
 import subprocess
 import sys
 
-import pytest
+from conftest import skip_or_fail
 
 from dataplane.cli import main
 from dataplane.wireguard.keys import PrivateKey
-
-from conftest import skip_or_fail
 
 
 def run(*args: str, stdin: str = "", timeout: float = 60) -> subprocess.CompletedProcess:
