@@ -384,32 +384,41 @@ class Interface:
         return models
 
     def get(self) -> str:
-        """The body of a ``get=1`` reply (without the ``errno=0`` line)."""
-        out: list[str] = []
+        """The body of a ``get=1`` reply (without the ``errno=0`` line).
+
+        Only a snapshot of plain values is taken under the driver lock (packets wait for
+        it); the text is formatted after the lock is released.
+        """
         with self._locked() as (slot, core):
-            if self._has_key(slot):
-                out.append(f"private_key={core.device.private_key.secret_bytes().hex()}")
-            if self.listen_port:
-                out.append(f"listen_port={self.listen_port}")
-            if self.fwmark:
-                out.append(f"fwmark={self.fwmark}")
-            stats = core.stats().peers
-            for model in self._models(core).values():
-                assert model.pid is not None
-                st = stats[model.pid]
-                psk = model.psk.secret_bytes() if model.psk is not None else _ZERO_KEY
-                out.append(f"public_key={model.public_key.raw.hex()}")
-                out.append(f"preshared_key={psk.hex()}")
-                out.append("protocol_version=1")
-                if st.endpoint is not None:
-                    out.append(f"endpoint={format_endpoint(st.endpoint)}")
-                sec, nsec = _unix_time(st.last_handshake)
-                out.append(f"last_handshake_time_sec={sec}")
-                out.append(f"last_handshake_time_nsec={nsec}")
-                out.append(f"tx_bytes={st.tx_bytes}")
-                out.append(f"rx_bytes={st.rx_bytes}")
-                out.append(f"persistent_keepalive_interval={model.keepalive}")
-                out.extend(f"allowed_ip={net}" for net in model.allowed)
+            key = core.device.private_key.secret_bytes() if self._has_key(slot) else None
+            port, mark = self.listen_port, self.fwmark
+            peers = []
+            for pid in core.peer_ids():
+                peer = core.device.peers[pid]
+                st = peer.stats()
+                peers.append((peer.public_key.raw, peer.psk.secret_bytes(), st.endpoint,
+                              st.last_handshake, st.tx_bytes, st.rx_bytes,
+                              peer.persistent_keepalive, core.allowed_ips(pid)))  # fmt: skip
+        out: list[str] = []
+        if key is not None:
+            out.append(f"private_key={key.hex()}")
+        if port:
+            out.append(f"listen_port={port}")
+        if mark:
+            out.append(f"fwmark={mark}")
+        for pk, psk, endpoint, handshake, tx, rx, keepalive, allowed in peers:
+            sec, nsec = _unix_time(handshake)
+            out.append(f"public_key={pk.hex()}")
+            out.append(f"preshared_key={psk.hex()}")
+            out.append("protocol_version=1")
+            if endpoint is not None:
+                out.append(f"endpoint={format_endpoint(endpoint)}")
+            out.append(f"last_handshake_time_sec={sec}")
+            out.append(f"last_handshake_time_nsec={nsec}")
+            out.append(f"tx_bytes={tx}")
+            out.append(f"rx_bytes={rx}")
+            out.append(f"persistent_keepalive_interval={int(keepalive or 0)}")
+            out.extend(f"allowed_ip={net}" for net in allowed)
         return "".join(line + "\n" for line in out)
 
     # -- writing ------------------------------------------------------------------------------
