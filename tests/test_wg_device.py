@@ -277,6 +277,21 @@ def test_counter_limit_makes_session_unusable_not_fatal():
     assert sim.b.delivered[-1][2] == payload("over")
 
 
+def test_session_unusable_soon_after_a_handshake_still_gets_a_new_one():
+    from dataplane.wireguard.constants import REJECT_AFTER_MESSAGES
+
+    sim = Sim()
+    sim.established()
+    peer(sim.a).current.send_counter = REJECT_AFTER_MESSAGES
+    sim.now = 1.0
+    batch = sim.send(sim.a, [payload("waits")])
+    assert batch.status_of(0) == DropReason.NO_SESSION
+    assert sim.types("a", since=1.0) == []  # within REKEY_TIMEOUT of the last initiation
+    sim.run_until(6.0)
+    assert sim.times("a", 1, since=1.0) and sim.times("a", 1, since=1.0)[0] >= REKEY_TIMEOUT
+    assert sim.b.delivered[-1][2] == payload("waits")
+
+
 # --- retransmission and give-up ----------------------------------------------------------------
 
 

@@ -45,6 +45,7 @@ CLONE_NEWNET = 0x40000000
 PINGER = r"""
 import os, select, socket, struct, sys, time
 family, target, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+interval = float(sys.argv[4]) if len(sys.argv) > 4 else 0.2
 v6 = family == "6"
 s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_RAW,
                   socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP)
@@ -68,7 +69,7 @@ for seq in range(count):
         if icmp[0] == (129 if v6 else 0) and struct.unpack("!HH", icmp[4:8]) == (ident, seq):
             ok += 1
             break
-    time.sleep(0.2)
+    time.sleep(interval)
 print(ok)
 sys.exit(0 if ok == count else 1)
 """
@@ -254,7 +255,9 @@ class Lab:
             os.close(target)
         return s
 
-    def pinger(self, family: str, target: str, count: int) -> subprocess.Popen:
+    def pinger(
+        self, family: str, target: str, count: int, interval: float = 0.2
+    ) -> subprocess.Popen:
         return subprocess.Popen(
             [
                 "ip",
@@ -267,6 +270,7 @@ class Lab:
                 family,
                 target,
                 str(count),
+                str(interval),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -361,8 +365,11 @@ class Us:
         self.pump(timeout, until=lambda: want in self.replies)
         return want in self.replies
 
-    def ping_from_wg(self, family: int, count: int = 2, timeout: float = 20.0) -> bool:
-        proc = self.lab.pinger(str(family), US_ADDR4 if family == 4 else US_ADDR6, count)
+    def ping_from_wg(
+        self, family: int, count: int = 2, timeout: float = 20.0, interval: float = 0.2
+    ) -> bool:
+        target = US_ADDR4 if family == 4 else US_ADDR6
+        proc = self.lab.pinger(str(family), target, count, interval)
         try:
             self.pump(timeout, until=lambda: proc.poll() is not None)
         finally:
@@ -443,3 +450,14 @@ def test_interop_traffic_continues_across_rekey(lab):
     assert us.dev.events["handshake_completed_initiator"] >= 2, _diagnose(lab, us)
     assert lost == 0, f"{lost} of {seq} echoes lost\n" + _diagnose(lab, us)
     assert us.ping_from_wg(4, count=3), _diagnose(lab, us)
+
+
+@pytest.mark.slow
+def test_interop_responder_side_rekey_initiated_by_wireguard_go(lab):
+    """wireguard-go initiates and, after 120 s, rekeys; we answer as responder throughout."""
+    us = Us(lab)
+    lab.set_peer(us.key.public_key)
+    assert us.ping_from_wg(4, count=66, interval=2.0, timeout=250.0), _diagnose(lab, us)
+    assert us.dev.events["handshake_completed_responder"] >= 2, _diagnose(lab, us)
+    assert us.dev.events["initiation_sent"] == 0
+    assert us.answered >= 66

@@ -422,7 +422,12 @@ class Device:
             and now - peer.last_sent_initiation < REKEY_TIMEOUT
             and not retry
         ):
-            return  # at most one initiation per REKEY_TIMEOUT unless retransmitting
+            # At most one initiation per REKEY_TIMEOUT unless retransmitting; make sure one
+            # follows when that time is up, or staged packets could wait for new demand.
+            if "retransmit" not in peer.timers:
+                at = peer.last_sent_initiation + REKEY_TIMEOUT
+                self._mod_timer(peer, "retransmit", at, REKEY_TIMEOUT / 64)
+            return
         nxt = peer.next
         if not retry and nxt is not None and now - nxt.created < REKEY_TIMEOUT:
             # We just answered the peer's initiation; its confirmation is due. Do not start
