@@ -10,6 +10,8 @@ Groups (compare within a group; N = 128 packets per round):
                   sockets through a ThreadedDataPlane with a loopback core | the same with
                   two kernel UDP sockets on 127.0.0.1 (baseline: what an application
                   would otherwise use in-process)
+  sockets-wg-64:  the same between two real DataPlane cores (WireGuard seal/open, routing,
+                  source filter) joined by a MemoryWire | kernel UDP sockets (baseline)
 
 packets/s = N / mean (and / median) round time, stored in each result's ``extra_info``.
 
@@ -139,8 +141,48 @@ def test_sockets_overlay(benchmark):
     record(benchmark)
 
 
-def test_sockets_kernel(benchmark):
-    benchmark.group = "sockets-64"
+def test_sockets_wireguard(benchmark):
+    from dataplane.core import DataPlane
+    from dataplane.transport.memory import MemoryWire
+    from dataplane.wireguard.keys import PrivateKey
+
+    benchmark.group = "sockets-wg-64"
+    ka, kb = PrivateKey.generate(), PrivateKey.generate()
+    a = ThreadedDataPlane(DataPlane(ka), max_idle_sleep=0.5, name="a").start()
+    b = ThreadedDataPlane(DataPlane(kb), max_idle_sleep=0.5, name="b").start()
+    ep_a, ep_b = ("192.0.2.1", 51820), ("192.0.2.2", 51820)
+    wire = MemoryWire(a, b, ep_a, ep_b)
+    net_a, net_b = OverlayNetwork(a, [SRC]), OverlayNetwork(b, [DST])
+    with a.locked() as core:
+        core.add_peer(kb.public_key, allowed_ips=[f"{DST}/32"], endpoint=ep_b, underlay=wire.id_a)
+        core.set_addresses([SRC], overlay=net_a.id)
+    with b.locked() as core:
+        core.add_peer(ka.public_key, allowed_ips=[f"{SRC}/32"], endpoint=ep_a, underlay=wire.id_b)
+        core.set_addresses([DST], overlay=net_b.id)
+    rx, tx = net_b.udp_socket(9000, recv_queue=4 * N), net_a.udp_socket()
+    data = os.urandom(64)
+    dest = (DST, 9000)
+    tx.sendto(b"handshake", dest)
+    rx.recvfrom(timeout=5)
+
+    def step():
+        for _ in range(N):
+            tx.sendto(data, dest)
+        for _ in range(N):
+            rx.recvfrom(timeout=5)
+
+    try:
+        benchmark(step)
+        assert not net_a.drops and not net_b.drops
+    finally:
+        for closeable in (net_a, net_b, wire, a, b):
+            closeable.close()
+    record(benchmark)
+
+
+@pytest.mark.parametrize("group", ["sockets-64", "sockets-wg-64"])
+def test_sockets_kernel(benchmark, group):
+    benchmark.group = group
     rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     rx.bind(("127.0.0.1", 0))

@@ -106,6 +106,7 @@ def test_two_sockets_exchange_datagrams(loop, addr):
             assert src == (addr, cport)
             server.sendto(data.upper(), src)
             assert client.recvfrom(timeout=2) == (data.upper(), (addr, 4000))
+        assert client.sent == 5 and server.sent == 5 and server.received == 5
     assert loop.counters["rx_datagrams"] == 10
     assert not loop.drops
 

@@ -109,7 +109,7 @@ class OverlaySocket:
         self._timeout: float | None = None
         self.received = 0
         self.dropped = 0  # datagrams refused because the receive queue was full
-        self.sent = 0
+        self.sent = 0  # datagrams handed to the network (guarded by its send lock)
 
     # -- socket surface -------------------------------------------------------------------
 
@@ -138,9 +138,7 @@ class OverlaySocket:
         """
         if self._closed:
             raise OSError(errno.EBADF, "overlay socket is closed")
-        n = self._net._send(self, data, address)
-        self.sent += 1
-        return n
+        return self._net._send(self, data, address)
 
     def recvfrom(self, timeout: float | None = _UNSET) -> tuple[bytes, Address]:
         """Next datagram and its source ``(ip, port)``; waits up to ``timeout`` seconds
@@ -409,10 +407,10 @@ class OverlayNetwork:
                 f"datagram of {n} bytes exceeds the {limit} bytes a UDP/IPv{family} packet "
                 f"can carry within the overlay MTU of {self.mtu}"
             )
-        self._submit(data, src + dst, sock._port, port)
+        self._submit(sock, data, src + dst, port)
         return n
 
-    def _submit(self, data: Any, addrs: bytes, sport: int, dport: int) -> None:
+    def _submit(self, sock: OverlaySocket, data: Any, addrs: bytes, dport: int) -> None:
         with self._tx_cond:
             while True:
                 if self._closed:
@@ -431,7 +429,8 @@ class OverlayNetwork:
                 if not self._tx_cond.wait(SEND_BLOCK_TIMEOUT):
                     self._drop("send_backlog_full", 1)
                     return
-            tx.add(data, addrs, sport, dport)
+            tx.add(data, addrs, sock._port, dport)
+            sock.sent += 1
             if len(self._pending) == 1 and len(tx.batch) == 1:
                 self._tx_cond.notify_all()
 
@@ -585,7 +584,7 @@ class OverlayNetwork:
                 drops["not_our_address"] += 1
                 continue
             sock = sockets.get((dst, dport)) or sockets.get((None, dport))
-            if sock is None:
+            if sock is None or sock._closed:
                 drops["no_socket"] += 1
                 continue
             by_socket.setdefault(sock, []).append((payload, src))
