@@ -348,8 +348,7 @@ class Interface:
         self._bind_port = bind_port
         self._apply_fwmark = apply_fwmark
         self._core_factory = core_factory
-        # Serialises set requests: planning reads the core outside the driver lock's
-        # critical section only through this.
+        # One set at a time (a set may take the driver lock twice, around a bind).
         self._set_lock = threading.Lock()
         self.sets_applied = 0
         self.sets_refused = 0
@@ -449,14 +448,14 @@ class Interface:
             return e.errno
         return 0
 
-    def _set(self, req: SetRequest) -> None:
-        with self._locked() as (slot, core):
-            current = self._models(core)
-            old_key = core.device.private_key if self._has_key(slot) else None
-        # Plan on copies: the driver keeps running meanwhile, and only this method (under
-        # _set_lock) changes peers, so the models stay valid until we apply.
-        new_key: PrivateKey | None = old_key
-        key_changes = False
+    def _prepare(
+        self, slot: CoreSlot | None, core: DataPlane, req: SetRequest
+    ) -> tuple[dict[bytes, _PeerModel], dict[bytes, _PeerModel], PrivateKey | None, bool]:
+        """Plan ``req`` on the core's current peers and check it: (current, target, key,
+        whether the key changes). Called with the driver lock held; changes nothing."""
+        current = self._models(core)
+        old_key = core.device.private_key if self._has_key(slot) else None
+        new_key, key_changes = old_key, False
         if req.private_key is not _UNSET:
             raw = req.private_key
             new_key = None if raw == _ZERO_KEY else PrivateKey(clamp(raw))
@@ -468,18 +467,33 @@ class Interface:
         for model in target.values():
             if model.pid is None and _low_order(model.public_key):
                 raise UAPIError(EINVAL, f"peer {model.public_key} is a low-order point")
+        return current, target, new_key, key_changes
 
-        port = self.listen_port
-        if req.listen_port is not _UNSET and req.listen_port != self.listen_port:
+    def _set(self, req: SetRequest) -> None:
+        old_port = self.listen_port
+        port = old_port
+        if req.listen_port is not _UNSET and req.listen_port != old_port:
             port = req.listen_port
             if self._bind_port is not None:
+                # Binding is I/O and must not happen under the driver lock, nor for a
+                # request that is going to fail: check the request first.
+                with self._locked() as (slot, core):
+                    self._prepare(slot, core, req)
                 try:
                     port = self._bind_port(req.listen_port)
                 except OSError as e:
                     code = e.errno if e.errno else _errno.EIO
                     raise UAPIError(-code, f"listen_port {req.listen_port}: {e}") from None
 
+        # Plan again on the peers as they are now (another controller may have changed
+        # them meanwhile) and apply, all in one critical section.
         with self._locked() as (slot, core):
+            try:
+                current, target, new_key, key_changes = self._prepare(slot, core, req)
+            except UAPIError:
+                if port != old_port and self._bind_port is not None:
+                    self._rebind(old_port)
+                raise
             if key_changes:
                 assert slot is not None
                 build = self._core_factory or _default_factory(core)
@@ -500,6 +514,13 @@ class Interface:
                 self.fwmark = req.fwmark
                 if self._apply_fwmark is not None:
                     self._apply_fwmark(req.fwmark)
+
+    def _rebind(self, port: int) -> None:
+        assert self._bind_port is not None
+        try:
+            self._bind_port(port)
+        except OSError as e:
+            log.error("could not return to listen port %d: %s", port, e)
 
     @staticmethod
     def _plan(

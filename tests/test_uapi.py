@@ -679,3 +679,35 @@ def test_one_set_of_many_peers_leaves_the_routing_tables_current(env):
         with env.driver.locked() as slot:
             out = slot.process_outbound(time.monotonic(), 0, PacketBatch.from_packets([pkt]))
         assert [ep for _uid, ep in out.to_underlay] == [expect]
+
+
+def test_set_replans_when_another_controller_changed_peers_during_a_bind():
+    """The bind runs outside the driver lock; the plan is redone on the peers as they are."""
+    holder: dict[str, Env] = {}
+    victim = pub()
+
+    def bind(port: int) -> int:
+        with holder["env"].driver.locked() as slot:  # a concurrent controller's change
+            slot.remove_peer(slot.core.device.peer_id(victim))
+        return port
+
+    e = Env(bind_port=bind)
+    holder["env"] = e
+    try:
+        c = e.client()
+        assert c.set(f"public_key={victim.raw.hex()}", "allowed_ip=10.0.0.0/8") == 0
+        other = pub()
+        code = c.set(
+            "listen_port=6000",
+            f"public_key={victim.raw.hex()}",
+            "update_only=true",
+            "endpoint=192.0.2.1:1",
+            f"public_key={other.raw.hex()}",
+            "allowed_ip=10.0.0.0/8",
+        )
+        assert code == 0
+        blocks = peer_blocks(c.get())
+        assert list(blocks) == [other.raw.hex()]
+        assert "allowed_ip=10.0.0.0/8" in blocks[other.raw.hex()]
+    finally:
+        e.close()
