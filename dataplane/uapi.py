@@ -12,10 +12,13 @@ Theory of operation. Three layers, each testable alone:
   is planned on a copy of the peer table first: the whole request is replayed on plain
   ``_PeerModel`` records (replace_peers, remove, update_only, prefixes moving between
   peers, masking and de-duplication as wireguard-go does) and every value the core would
-  refuse is checked there. Only a plan that is entirely valid is applied, in one critical
-  section under the driver lock (``ThreadedDataPlane.locked()``), as a diff against the
-  core's peers: a malformed or refused request changes nothing, unlike the reference,
-  which applies each line as it reads it.
+  refuse is checked there. Planning and applying happen in one critical section under the
+  driver lock (``ThreadedDataPlane.locked()``), the change applied as a diff against the
+  core's peers (sessions of unchanged peers survive ``wg setconf``/``syncconf``) with the
+  routing tables rebuilt once per request: a malformed or refused request changes nothing,
+  unlike the reference, which applies each line as it reads it. Moving the UDP socket
+  (``bind_port``) is I/O and happens between a checking pass and the applying pass, never
+  under the lock. ``get`` copies plain values under the lock and formats after it.
 * **The server** (:class:`UAPIServer`) owns ``<dir>/NAME.sock``: it refuses to replace a
   live socket, removes a stale one, creates the new one with wireguard-go's permissions
   (directory 0755, socket 0700) without a window where it has others, and runs one named
@@ -35,6 +38,13 @@ under the lock. Sessions and counters restart, which a key change implies anyway
 private key (all zeros) the slot is *inert*: it drops all traffic and runs no timers.
 If the driver runs a bare ``DataPlane`` instead of a slot, key changes are refused with
 EOPNOTSUPP and nothing else in the request is applied.
+
+A bad line inside a ``set`` does not end the connection: the request is read to its blank
+line, answered with one errno, and the next request is served. Deviations from
+wireguard-go 0.0.20220316, each pinned by ``tests/test_wg_conformance.py``: failed sets
+change nothing; ``allowed_ip=-prefix`` removes one prefix (2025 protocol); endpoint port 0
+and low-order public keys are refused (the core cannot hold them); IPv4-mapped IPv6
+endpoints are stored and shown as IPv4 (the core normalises them).
 """
 
 from __future__ import annotations
