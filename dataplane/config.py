@@ -13,7 +13,9 @@ Section names and keys are case-insensitive like ``wg setconf`` (wireguard-tools
 
 Every problem is a :class:`ConfigError` naming the file, the line and the key; nothing else
 escapes the parser (key, address and number errors are converted). Unknown sections and
-keys are errors, never silently dropped.
+keys are errors, never silently dropped. Stricter than ``wg`` on purpose: two ``[Peer]``
+sections with one PublicKey, or a peer with the interface's own key, are errors (``wg``
+would merge or ignore them), and whitespace inside a key is not removed.
 
 ``Address``, ``MTU`` and ``FwMark`` are acted on by the interface code; ``DNS``, ``Table``,
 ``PreUp``/``PostUp``/``PreDown``/``PostDown`` and ``SaveConfig`` are parsed, validated as
