@@ -52,15 +52,17 @@ class TimeRange(NamedTuple):
 class Handle(Generic[E]):
     """Names one scheduled event; ``cancel`` and ``reschedule`` act on it while pending."""
 
-    __slots__ = ("_sched", "_key", "range", "event")
+    __slots__ = ("_sched", "_key", "end", "event")
 
-    def __init__(
-        self, sched: Scheduler[E], key: tuple[float, int], rng: TimeRange, event: E
-    ) -> None:
+    def __init__(self, sched: Scheduler[E], key: tuple[float, int], end: float, event: E) -> None:
         self._sched: Scheduler[E] | None = sched
-        self._key = key
-        self.range = rng
+        self._key = key  # (start, sequence number): the entry's position in the scheduler
+        self.end = end
         self.event = event
+
+    @property
+    def range(self) -> TimeRange:
+        return TimeRange(self._key[0], self.end)
 
     @property
     def pending(self) -> bool:
@@ -106,23 +108,24 @@ class Scheduler(Generic[E]):
             end = start
         if not end >= start:  # also catches NaN
             raise ValueError(f"time range end {end} is before its start {start}")
-        key = (start, next(self._seq))
-        h = Handle(self, key, TimeRange(start, end), event)
-        bisect.insort(self._entries, (start, key[1], h))
+        seq = next(self._seq)
+        h = Handle(self, (start, seq), end, event)
+        bisect.insort(self._entries, (start, seq, h))
         return h
 
     def add_range(self, rng: TimeRange, event: E) -> Handle[E]:
         return self.add(rng.start, rng.end, event)
 
     def _remove(self, h: Handle[E]) -> None:
-        i = bisect.bisect_left(self._entries, h._key, key=lambda e: (e[0], e[1]))
+        # (start, seq) sorts just before the entry (start, seq, handle): no key function.
+        i = bisect.bisect_left(self._entries, h._key)
         assert self._entries[i][2] is h
         del self._entries[i]
         h._sched = None
 
     def dispatch(self, now: float) -> list[E]:
         """Remove and return, in start order, every event whose window has started."""
-        i = bisect.bisect_right(self._entries, (now, _INF), key=lambda e: (e[0], e[1]))
+        i = bisect.bisect_right(self._entries, (now, _INF))
         if not i:
             return []
         due = self._entries[:i]
@@ -137,13 +140,13 @@ class Scheduler(Generic[E]):
         """The range in which one dispatch fires the earliest cluster; may lie in the past."""
         if not self._entries:
             return None
-        first = self._entries[0][2].range
-        start, end = first.start, first.end
+        start, _, first = self._entries[0]
+        end = first.end
         for s, _, h in self._entries:
             if s > end:
                 break
-            if h.range.end < end:
-                end = h.range.end
+            if h.end < end:
+                end = h.end
         return TimeRange(start, end)
 
     def next_dispatch(self) -> float | None:
