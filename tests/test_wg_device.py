@@ -631,6 +631,26 @@ def test_peer_key_change_rebuilds_handshake_and_mac1():
     assert sim.b.dev.events["invalid_mac1"] == 0
 
 
+def test_own_private_key_change_drops_sessions_and_rehandshakes():
+    sim = Sim()
+    sim.established()
+    new_a = det_key(random.Random(1234))
+    with pytest.raises(ConfigError, match="belongs to peer 1"):
+        sim.a.dev.set_private_key(sim.b.key)
+    sim.a.dev.set_private_key(new_a)
+    pa = peer(sim.a)
+    assert pa.current is pa.previous is pa.next is None
+    assert len(sim.a.dev.index_table) == 0
+    sim.b.dev.update_peer(1, public_key=new_a.public_key)
+    sim.now = 10.0
+    sim.send(sim.a, [payload("new identity")])
+    sim.deliver()
+    assert sim.b.delivered[-1][2] == payload("new identity")
+    sim.send(sim.b, [payload("welcome")])
+    sim.deliver()
+    assert sim.a.delivered[-1][2] == payload("welcome")
+
+
 def test_initiation_with_mac1_for_old_key_is_dropped():
     sim = Sim()
     init = _capture_initiation(sim)

@@ -266,6 +266,25 @@ class Device:
                 self._del_timer(peer, "persistent_keepalive")
         return peer
 
+    def set_private_key(self, private_key: PrivateKey) -> None:
+        """Change our static key: every session and handshake in flight was bound to the old
+        one, so they are dropped (peers re-handshake on demand), and the mac1/cookie keys and
+        the per-peer static-static DH are rebuilt."""
+        if private_key == self.private_key:
+            return
+        owner = self._by_key.get(private_key.public_key.raw)
+        if owner is not None:
+            raise ConfigError(
+                f"private key's public half {private_key.public_key} belongs to peer {owner.id}"
+            )
+        self.private_key = private_key
+        self.public_key = private_key.public_key
+        self.cookie_checker = CookieChecker(self.public_key.raw, self._random_bytes)
+        self._responder_cache = PeerNoiseCache(self.public_key.raw)
+        for peer in self.peers.values():
+            self._wipe(peer)
+            peer.static_static = DH(self.private_key.x25519(), peer.public_key.raw)
+
     def remove_peer(self, peer_id: int) -> None:
         peer = self._peer(peer_id)
         self._wipe(peer)
