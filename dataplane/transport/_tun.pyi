@@ -1,0 +1,18 @@
+"""Typing stub for dataplane.transport._tun (see _tun.pyx)."""
+
+from typing_extensions import disjoint_base
+
+from dataplane._batch import PacketBatch
+
+@disjoint_base
+class TunIO:
+    rx_packets: int
+    rx_bytes: int
+    rx_too_big: int
+    tx_packets: int
+    tx_bytes: int
+    tx_failed: int
+    def __new__(cls, fd: int, wake_fd: int = ...) -> TunIO: ...
+    def read(self, batch: PacketBatch, timeout: float = ...) -> int: ...
+    def write(self, batch: PacketBatch) -> tuple[int, dict[int, int]]: ...
+    def device_failed(self) -> bool: ...

@@ -1,0 +1,314 @@
+"""The TUN overlay transport on a real Linux TUN, inside a network namespace of its own.
+
+The test process enters a fresh namespace only while it creates each device (the fd keeps
+working from anywhere afterwards) and runs ``ip``/``ping`` there; the kernel of that
+namespace is the peer: it answers ICMP echo requests we write into the interface, and
+its ``ping`` sends echo requests that our transport reads and a tiny echo core answers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ipaddress
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from conftest import skip_or_fail
+
+from dataplane._batch import DropReason, PacketBatch
+from dataplane.driver import ThreadedDataPlane
+from dataplane.results import Output
+from dataplane.transport.tun import TunDevice, TunError, TunTransport
+
+pytestmark = pytest.mark.privileged
+
+CLONE_NEWNET = 0x40000000
+NS = f"dptun{os.getpid() % 100000}"
+LOCAL4, PEER4 = "10.97.0.1", "10.97.0.2"
+LOCAL6, PEER6 = "fd97::1", "fd97::2"
+
+
+def run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=20)
+
+
+@pytest.fixture(scope="module")
+def netns():
+    if os.geteuid() != 0:
+        skip_or_fail("TUN tests need root")
+    if not os.path.exists("/dev/net/tun"):
+        skip_or_fail("/dev/net/tun is missing")
+    if shutil.which("ip") is None:
+        skip_or_fail("iproute2 `ip` is missing")
+    run("ip", "netns", "del", NS, check=False)
+    run("ip", "netns", "add", NS)
+    try:
+        run("ip", "-n", NS, "link", "set", "lo", "up")
+        yield NS
+    finally:
+        run("ip", "netns", "del", NS, check=False)
+
+
+@contextlib.contextmanager
+def inside(ns: str):
+    """Run the block with this thread in namespace ``ns`` (children inherit it)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    own = os.open("/proc/self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+    try:
+        if libc.setns(target, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns failed")
+        try:
+            yield
+        finally:
+            if libc.setns(own, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns back failed")
+    finally:
+        os.close(own)
+        os.close(target)
+
+
+def _csum(b: bytes) -> int:
+    if len(b) % 2:
+        b += b"\0"
+    t = sum(struct.unpack(f"!{len(b) // 2}H", b))
+    while t >> 16:
+        t = (t & 0xFFFF) + (t >> 16)
+    return ~t & 0xFFFF
+
+
+def echo(
+    src: str,
+    dst: str,
+    seq: int,
+    data: bytes = b"tun-test",
+    reply: bool = False,
+    ident: int = 0x4242,
+) -> bytes:
+    s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+    if s.version == 4:
+        icmp = struct.pack("!BBHHH", 0 if reply else 8, 0, 0, ident, seq) + data
+        icmp = icmp[:2] + struct.pack("!H", _csum(icmp)) + icmp[4:]
+        hdr = struct.pack(
+            "!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), 0, 0x4000, 64, 1, 0, s.packed, d.packed
+        )
+        return hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:] + icmp
+    icmp = struct.pack("!BBHHH", 129 if reply else 128, 0, 0, ident, seq) + data
+    pseudo = s.packed + d.packed + struct.pack("!I3xB", len(icmp), 58)
+    icmp = icmp[:2] + struct.pack("!H", _csum(pseudo + icmp)) + icmp[4:]
+    return struct.pack("!IHBB16s16s", 0x60000000, len(icmp), 58, 64, s.packed, d.packed) + icmp
+
+
+def parse_echo(pkt: bytes):
+    """(src, dst, type, seq, data, ident) of an ICMP/ICMPv6 echo packet, else None."""
+    if len(pkt) >= 28 and pkt[0] >> 4 == 4 and pkt[9] == 1:
+        ihl = (pkt[0] & 15) * 4
+        icmp = pkt[ihl : struct.unpack("!H", pkt[2:4])[0]]
+        src, dst = ipaddress.ip_address(pkt[12:16]), ipaddress.ip_address(pkt[16:20])
+    elif len(pkt) >= 48 and pkt[0] >> 4 == 6 and pkt[6] == 58:
+        icmp = pkt[40 : 40 + struct.unpack("!H", pkt[4:6])[0]]
+        src, dst = ipaddress.ip_address(pkt[8:24]), ipaddress.ip_address(pkt[24:40])
+    else:
+        return None
+    ty, _, _, ident, seq = struct.unpack("!BBHHH", icmp[:8])
+    return str(src), str(dst), ty, seq, icmp[8:], ident
+
+
+def make_device(ns: str, name: str, **kw) -> TunDevice:
+    with inside(ns):
+        dev = TunDevice(name, **kw)
+        try:
+            dev.add_addresses([f"{LOCAL4}/24", f"{LOCAL6}/64"])
+            dev.set_up()
+        except BaseException:
+            dev.close()
+            raise
+    return dev
+
+
+def read_replies(dev: TunDevice, want: int, deadline: float = 5.0) -> tuple[list[bytes], list[int]]:
+    """Echo replies read from ``dev`` (other packets such as IPv6 router solicitations are
+    skipped), and the number of packets each read call returned."""
+    got: list[bytes] = []
+    per_read: list[int] = []
+    end = time.monotonic() + deadline
+    while len(got) < want and time.monotonic() < end:
+        batch = dev.read_batch(timeout=0.2)
+        if len(batch):
+            per_read.append(len(batch))
+        for pkt in batch.packets():
+            e = parse_echo(pkt)
+            if e is not None and e[2] in (0, 129):
+                got.append(pkt)
+    return got, per_read
+
+
+def test_kernel_answers_echoes_written_in_a_batch(netns):
+    dev = make_device(netns, "dptun0")
+    try:
+        assert run("ip", "-n", netns, "link", "show", "dptun0").stdout.count("mtu 1420")
+        show = run("ip", "-n", netns, "-d", "link", "show", "dptun0").stdout
+        assert "qlen 1000" in show and "tun" in show
+        n = 40
+        pkts = [echo(PEER4, LOCAL4, s, b"v4-%d" % s) for s in range(n)]
+        pkts += [echo(PEER6, LOCAL6, s, b"v6-%d" % s) for s in range(n)]
+        batch = PacketBatch.from_packets(pkts)
+        batch.set_status(3, DropReason.NO_ROUTE)  # a dropped slot is never written
+        assert dev.write_batch(batch) == 2 * n - 1
+        replies, per_read = read_replies(dev, 2 * n - 1)
+        seen = {(parse_echo(p)[0], parse_echo(p)[3]) for p in replies}
+        assert seen == {(LOCAL4, s) for s in range(n) if s != 3} | {(LOCAL6, s) for s in range(n)}
+        for p in replies:
+            src, dst, _, seq, data, _ = parse_echo(p)
+            assert dst == (PEER4 if src == LOCAL4 else PEER6)
+            assert data == (b"v4-%d" if src == LOCAL4 else b"v6-%d") % seq
+        # The kernel answered a whole burst before we read: several packets per wake-up.
+        assert max(per_read) > 1
+        assert dev.io.rx_packets >= 2 * n - 1 and dev.io.tx_packets == 2 * n - 1
+    finally:
+        dev.close()
+    assert "dptun0" not in run("ip", "-n", netns, "link", "show").stdout
+
+
+def test_oversize_packet_is_marked_too_big_not_cut_silently(netns):
+    dev = make_device(netns, "dptun1")
+    try:
+        big = echo(PEER4, LOCAL4, 1, b"x" * 400)
+        dev.write_batch(PacketBatch.from_packets([big]))
+        got = PacketBatch(8, mtu=200)
+        end = time.monotonic() + 5
+        while time.monotonic() < end:
+            dev.read_batch(got, timeout=0.2)
+            if any(got.status_of(i) == DropReason.TOO_BIG for i in range(len(got))):
+                break
+        bad = [i for i in range(len(got)) if got.status_of(i) == DropReason.TOO_BIG]
+        assert bad and len(got[bad[0]]) == got.slot_size - got.headroom - got.tailroom < 400
+        assert dev.io.rx_too_big >= 1
+    finally:
+        dev.close()
+
+
+def test_bad_packets_are_counted_not_raised(netns):
+    dev = make_device(netns, "dptun2")
+    try:
+        batch = PacketBatch.from_packets([b"\x00" * 20, echo(PEER4, LOCAL4, 7)])
+        # The kernel accepts any bytes on a TUN write and drops what is not IP itself,
+        # or refuses with EINVAL; either way no exception and the good packet goes out.
+        dev.write_batch(batch)
+        replies, _ = read_replies(dev, 1)
+        assert [parse_echo(p)[3] for p in replies] == [7]
+    finally:
+        dev.close()
+
+
+class EchoCore:
+    """A core that answers ICMP echo requests arriving from the overlay, back to it."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+
+    def next_event(self):
+        return None
+
+    def process_outbound(self, now, overlay_id, batch):
+        out = Output()
+        answers = []
+        for pkt in batch.packets():
+            e = parse_echo(pkt)
+            if e is not None and e[2] in (8, 128):
+                self.requests += 1
+                answers.append(echo(e[1], e[0], e[3], e[4], reply=True, ident=e[5]))
+        if answers:
+            out.deliver(overlay_id, PacketBatch.from_packets(answers))
+        return out
+
+    def process_inbound(self, now, underlay_id, batch):
+        return Output()
+
+    def process_events(self, now):
+        return Output()
+
+
+def test_transport_carries_kernel_ping_through_the_driver(netns):
+    if shutil.which("ping") is None:
+        skip_or_fail("ping (iputils) is missing")
+    dev = make_device(netns, "dptun3")
+    core = EchoCore()
+    driver = ThreadedDataPlane(core, name="tuntest").start()
+    gone = threading.Event()
+    tun = TunTransport(driver, dev, on_gone=gone.set)
+    try:
+        for target in (PEER4, PEER6):
+            r = run(
+                "ip",
+                "netns",
+                "exec",
+                netns,
+                "ping",
+                "-c",
+                "5",
+                "-i",
+                "0.05",
+                "-W",
+                "2",
+                "-s",
+                "1200",
+                target,
+                check=False,
+            )
+            assert r.returncode == 0, r.stdout + r.stderr
+            assert " 0% packet loss" in r.stdout
+        assert core.requests >= 10
+        # Deleting the interface under the transport is noticed, not spun on.
+        run("ip", "-n", netns, "link", "del", "dptun3")
+        assert gone.wait(5)
+    finally:
+        tun.close()
+        driver.close()
+        dev.close()
+    driver.raise_if_failed()
+
+
+def test_errors_are_one_line_and_clear(netns, tmp_path):
+    with pytest.raises(TunError, match="does not exist"):
+        TunDevice("dptunx", path=str(tmp_path / "no-tun"))
+    with pytest.raises(TunError, match="bad interface name"):
+        TunDevice("a-name-much-too-long")
+    run("ip", "-n", netns, "link", "add", "dptaken", "type", "veth", "peer", "name", "dptaken1")
+    with inside(netns), pytest.raises(TunError, match="exists and is not a TUN"):
+        TunDevice("dptaken")
+    dev = make_device(netns, "dptun4")
+    try:
+        with inside(netns), pytest.raises(TunError, match="in use by another process"):
+            TunDevice("dptun4")
+    finally:
+        dev.close()
+    # Without root: /dev/net/tun is world-writable, TUNSETIFF needs CAP_NET_ADMIN.
+    code = (
+        "from dataplane.transport.tun import TunDevice, TunError\n"
+        "try:\n    TunDevice('dptun5')\nexcept TunError as e:\n    print(e)\n"
+    )
+    r = run(
+        "ip",
+        "netns",
+        "exec",
+        netns,
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+        sys.executable,
+        "-c",
+        code,
+        check=False,
+    )
+    assert "run as root" in r.stdout, r.stdout + r.stderr
+    assert len(r.stdout.strip().splitlines()) == 1
