@@ -13,6 +13,8 @@ import threading
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dataplane._batch import PacketBatch
 from dataplane.core import DataPlane
@@ -711,3 +713,51 @@ def test_set_replans_when_another_controller_changed_peers_during_a_bind():
         assert "allowed_ip=10.0.0.0/8" in blocks[other.raw.hex()]
     finally:
         e.close()
+
+
+UAPI_WORDS = ["set=1", "get=1", "", "=", "public_key=", "11" * 32, "00" * 32, "private_key=",
+              "listen_port=", "fwmark=", "replace_peers=", "true", "remove=", "update_only=",
+              "preshared_key=", "endpoint=", "[::1]:5", "1.2.3.4:5", "allowed_ip=", "-",
+              "10.0.0.0/8", "::/0", "persistent_keepalive_interval=", "65535", "99999999999",
+              "protocol_version=", "1", "replace_allowed_ips=", "\x00", "\xff"]  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(UAPI_WORDS) | st.text(max_size=4), max_size=4)
+                .map("".join), max_size=8))  # fmt: skip
+def test_parse_set_garbage_only_raises_uapi_error(lines):
+    try:
+        parse_set(lines)
+    except UAPIError as e:
+        assert e.errno in (EINVAL, EPROTO)
+
+
+def test_socket_garbage_never_breaks_the_server(env):
+    """Random byte streams: each gets errnos or a close; the server keeps serving."""
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.lists(st.sampled_from(UAPI_WORDS) | st.text(max_size=3), max_size=12))
+    def check(words):
+        data = "\n".join(words).encode("utf-8", "surrogatepass")
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(5.0)
+        s.connect(env.server.path)
+        try:
+            s.sendall(data)
+            s.shutdown(socket.SHUT_WR)
+            out = b""
+            while chunk := s.recv(65536):
+                out += chunk
+        except (BrokenPipeError, ConnectionResetError):
+            out = b""
+        finally:
+            s.close()
+        for line in out.decode().splitlines():  # only well-formed replies
+            assert line == "" or "=" in line
+        probe = Client(env.server.path)
+        try:
+            probe.get()  # still answering (the garbage may itself have been a valid set)
+        finally:
+            probe.close()
+
+    check()
