@@ -443,3 +443,14 @@ def test_address_helpers():
         _ip.pack_address("1.2.3")
     with pytest.raises(ValueError):
         _ip.pack_address(b"abc")
+
+
+def test_results_refuse_a_batch_changed_after_parsing():
+    b = batch_of([CASES["v4_ok"]])
+    r = _ip.parse_udp(b)
+    b.set_bounds(0, b.slot_size - 4, 4)
+    with pytest.raises(ValueError, match="changed"):
+        r.datagrams()
+    b.clear()
+    with pytest.raises(ValueError, match="changed"):
+        r.datagrams()

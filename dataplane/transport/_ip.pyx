@@ -732,8 +732,10 @@ cdef class UdpParse:
         cdef bytes src
         cdef char* addrs = self._addrs
         cdef char* slab
-        if b is None or b.count == 0:
+        if b is None or self.count == 0:
             return out
+        if b.count < self.count:
+            raise ValueError("the batch changed after parse_udp; parse it again")
         slab = <char*>&b.slab[0]
         for i in range(self.count):
             if self._verdicts[i] != V_OK:
@@ -744,6 +746,8 @@ cdef class UdpParse:
                 last_text = unpack_address(src)
             off = b.offsets[i] + self._spans[2 * i]
             ln = self._spans[2 * i + 1]
+            if <Py_ssize_t>off + ln > b.slot_size:
+                raise ValueError("the batch changed after parse_udp; parse it again")
             out.append((PyBytes_FromStringAndSize(addrs + 32 * i + 16, 16),
                         self._ports[2 * i + 1],
                         PyBytes_FromStringAndSize(slab + i * b.slot_size + off, ln),
