@@ -423,3 +423,24 @@ def test_close_stops_threads_and_refuses_use():
         net.udp_socket()
     net.close()
     driver.close()
+
+
+def test_connected_socket_sends_to_and_hears_only_its_peer(loop):
+    with loop.udp_socket(4100) as server, loop.udp_socket() as client, loop.udp_socket() as other:
+        with pytest.raises(OSError) as e:
+            client.send(b"nowhere")
+        assert e.value.errno == errno.EDESTADDRREQ
+        with pytest.raises(OSError) as e:
+            client.getpeername()
+        assert e.value.errno == errno.ENOTCONN
+        client.connect(("fd7a:115c:a1e0:0::1", 4100))  # normalised like any address
+        assert client.getpeername() == (A6, 4100)
+        client.send(b"hello")
+        data, src = server.recvfrom(timeout=2)
+        assert (data, src) == (b"hello", (A6, client.getsockname()[1]))
+        other.sendto(b"stranger", src)  # same address, wrong port: filtered
+        server.sendto(b"reply", src)
+        assert client.recvfrom(timeout=2) == (b"reply", (A6, 4100))
+        assert loop.drops == {"not_connected_peer": 1}
+        with pytest.raises(OSError):
+            client.connect((A6, 0))

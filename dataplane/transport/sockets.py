@@ -107,6 +107,7 @@ class OverlaySocket:
         self._maxlen = queue
         self._closed = False
         self._timeout: float | None = None
+        self._peer: Address | None = None
         self.received = 0
         self.dropped = 0  # datagrams refused because the receive queue was full
         self.sent = 0  # datagrams handed to the network (guarded by its send lock)
@@ -130,6 +131,27 @@ class OverlaySocket:
 
     def gettimeout(self) -> float | None:
         return self._timeout
+
+    def connect(self, address: Address) -> None:
+        """Fix the peer: ``send`` goes there and only its datagrams are received (others
+        are dropped as ``not_connected_peer``), as with a connected UDP socket."""
+        host, port = address
+        text = unpack_address(pack_address(host))
+        if not isinstance(port, int) or not 0 < port <= 0xFFFF:
+            raise OSError(errno.EINVAL, f"cannot connect to port {port!r}")
+        self._net._source_for(self, pack_address(text))  # same checks as sending
+        self._peer = (text, port)
+
+    def getpeername(self) -> Address:
+        if self._peer is None:
+            raise OSError(errno.ENOTCONN, "overlay socket is not connected")
+        return self._peer
+
+    def send(self, data: bytes | bytearray | memoryview) -> int:
+        """Send one datagram to the connected peer."""
+        if self._peer is None:
+            raise OSError(errno.EDESTADDRREQ, "overlay socket is not connected")
+        return self.sendto(data, self._peer)
 
     def sendto(self, data: bytes | bytearray | memoryview, address: Address) -> int:
         """Send one datagram to ``(overlay_ip, port)``; returns the payload size.
@@ -586,6 +608,9 @@ class OverlayNetwork:
             sock = sockets.get((dst, dport)) or sockets.get((None, dport))
             if sock is None or sock._closed:
                 drops["no_socket"] += 1
+                continue
+            if sock._peer is not None and sock._peer != src:
+                drops["not_connected_peer"] += 1
                 continue
             by_socket.setdefault(sock, []).append((payload, src))
         delivered = 0
