@@ -10,11 +10,17 @@ Run: python -m pytest benchmarks/bench_uapi.py --benchmark-only
 from __future__ import annotations
 
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from dataplane.wireguard.keys import PrivateKey
-from tests.test_wg_conformance import Node, WireguardGo, _usable
+
+# Reuse the conformance tests' launchers (tests/ is not a package; its modules import
+# ``conftest`` as a top-level module, as pytest arranges for them).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from test_wg_conformance import Node, WireguardGo, _usable  # noqa: E402
 
 SIZES = [100, 1000]
 

@@ -19,6 +19,7 @@ import subprocess
 import time
 
 import pytest
+from conftest import skip_or_fail
 
 from dataplane import config as cfg
 from dataplane._batch import PacketBatch
@@ -26,7 +27,6 @@ from dataplane.core import DataPlane
 from dataplane.driver import ThreadedDataPlane
 from dataplane.uapi import DEFAULT_SOCKET_DIR, CoreSlot, Interface, UAPIServer
 from dataplane.wireguard.keys import PresharedKey, PrivateKey, PublicKey
-from tests.conftest import skip_or_fail
 
 WG = shutil.which("wg")
 
