@@ -41,13 +41,16 @@ def cmd_pubkey(args: argparse.Namespace) -> int:
 
 
 def _commands() -> dict[str, tuple[str, Callable[[argparse.Namespace], int], Callable | None]]:
-    from dataplane import demo
+    from dataplane import demo, interface
 
     return {
         "genkey": ("print a new private key (like `wg genkey`)", cmd_genkey, None),
         "genpsk": ("print a new preshared key (like `wg genpsk`)", cmd_genpsk, None),
         "pubkey": ("read a private key on stdin, print its public key", cmd_pubkey, None),
         "demo": (demo.DESCRIPTION, demo.main, demo.add_arguments),
+        "up": (interface.UP_HELP, interface.cmd_up, interface.add_up_arguments),
+        "down": (interface.DOWN_HELP, interface.cmd_down, interface.add_down_arguments),
+        "show": (interface.SHOW_HELP, interface.cmd_show, interface.add_show_arguments),
     }
 
 

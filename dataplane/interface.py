@@ -1,0 +1,559 @@
+"""A running WireGuard interface: wg-quick file -> DataPlane + driver + UDP + TUN + UAPI.
+
+Theory of operation. ``RunningInterface.start()`` builds, in this order, and undoes in
+reverse on any failure:
+
+1. the TUN device named after the file (``wg0.conf`` -> ``wg0``) with the file's MTU
+   (default 1420) and a TX queue of 1000;
+2. the core, a ``DataPlane`` inside a ``uapi.CoreSlot`` (inert until a private key is
+   set) so that ``wg set private-key`` can replace it, driven by a ``ThreadedDataPlane``;
+3. the TUN as overlay transport: our addresses are delivered to it, and every packet that
+   a peer sends, is decrypted and passes AllowedIPs goes to it
+   (``set_routes(inbound={"0.0.0.0/0": tun, "::/0": tun})``): the kernel decides what is
+   local, as with any interface;
+4. the UDP underlay (:class:`RebindableUdp`) on ``ListenPort`` (random when absent),
+   dual-stack on ``::`` where IPv6 exists. It keeps one underlay id for its whole life
+   and swaps only its socket on ``wg set listen-port``, so every peer, including peers
+   added later over UAPI (which land on underlay 0), keeps a valid underlay;
+5. the ``uapi.Interface`` (peers, keys, port, fwmark through ``apply_config``: the same
+   all-or-nothing path as ``wg setconf``), the addresses, link up, a route per AllowedIPs
+   prefix like wg-quick (prefixes of length 0 are skipped with a warning: wg-quick needs
+   policy routing for those, which is out of scope);
+6. the UAPI server on ``/var/run/wireguard/NAME.sock``.
+
+``run()`` waits for SIGINT/SIGTERM, for the UAPI socket file to be deleted (this is how
+``dataplane down`` stops an instance, and how wireguard-go is stopped too), for the TUN to
+disappear, or for a driver thread to fail; ``close()`` then removes the socket, stops and
+joins every thread and closes the TUN, which removes the interface.
+
+``dataplane up`` always runs in the foreground (``--foreground`` is accepted for
+compatibility with ``wireguard-go -f``): daemonizing after threads exist is unsafe in
+Python, and service managers (systemd, ``ip netns exec … &``) do it better.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno as errno_mod
+import logging
+import os
+import signal
+import socket
+import stat
+import sys
+import threading
+import time
+from typing import Any
+
+from dataplane._batch import PacketBatch
+from dataplane.config import Config, ConfigError, interface_name, load
+from dataplane.core import DataPlane
+from dataplane.driver import ThreadedDataPlane
+from dataplane.queues import QueueClosed
+from dataplane.transport.tun import TunDevice, TunError, TunTransport, interface_exists
+from dataplane.transport.udp import UdpSocket
+from dataplane.uapi import DEFAULT_SOCKET_DIR, CoreSlot, Interface, UAPIError, UAPIServer
+from dataplane.wireguard.keys import PrivateKey, PublicKey
+
+__all__ = ["InterfaceError", "RebindableUdp", "RunningInterface", "resolve_config_path"]
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = "/etc/wireguard"
+DEFAULT_MTU = 1420
+WG_OVERHEAD = 48  # headroom the UDP receive slots need beyond the inner MTU (header + tag + pad)
+POLL = 0.5
+SO_MARK = getattr(socket, "SO_MARK", 36)
+
+
+class InterfaceError(RuntimeError):
+    """The interface could not be brought up (message is one line)."""
+
+
+# -- the UDP underlay -------------------------------------------------------------------------
+
+
+class RebindableUdp:
+    """An underlay transport over a ``UdpSocket`` that can move to another port.
+
+    Two named driver threads, as ``UdpTransport``; the socket is read under ``_rx_lock``
+    and written under ``_tx_lock``, so ``rebind`` can swap it and close the old one once
+    neither thread uses it any more.
+    """
+
+    def __init__(self, driver: Any, port: int, *, mtu: int = DEFAULT_MTU, capacity: int = 128):
+        self._driver = driver
+        self._mtu = mtu
+        self._capacity = capacity
+        self._fwmark = 0
+        self.socket = self._open(port)
+        self.handle = driver.new_underlay_transport()
+        self.id: int = self.handle.id
+        self._stop = threading.Event()
+        self._rx_lock = threading.Lock()
+        self._tx_lock = threading.Lock()
+        self._threads = [
+            driver.spawn(f"udp{self.id}-rx", self._receive_loop),
+            driver.spawn(f"udp{self.id}-tx", self._send_loop),
+        ]
+
+    def _open(self, port: int) -> UdpSocket:
+        try:
+            sock = UdpSocket(("::", port), capacity=self._capacity)
+        except OSError as e:
+            if e.errno not in (errno_mod.EAFNOSUPPORT, errno_mod.EADDRNOTAVAIL):
+                raise
+            sock = UdpSocket(("0.0.0.0", port), capacity=self._capacity)
+        if self._fwmark:
+            self._mark(sock, self._fwmark)
+        return sock
+
+    @staticmethod
+    def _mark(sock: UdpSocket, mark: int) -> None:
+        sock.sock.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
+
+    @property
+    def port(self) -> int:
+        return self.socket.address[1]
+
+    def rebind(self, port: int) -> int:
+        """Move to ``port`` (0: any); OSError (EADDRINUSE…) leaves the old socket in place."""
+        new = self._open(port)
+        old, self.socket = self.socket, new
+        old.wake()
+        with self._rx_lock, self._tx_lock:
+            old.close()
+        log.info("listening on UDP port %d", self.port)
+        return self.port
+
+    def set_fwmark(self, mark: int) -> None:
+        self._fwmark = mark
+        try:
+            self._mark(self.socket, mark)
+        except OSError as e:
+            log.warning("cannot set fwmark %#x: %s", mark, e.strerror)
+
+    def _receive_loop(self) -> None:
+        while not self._stop.is_set():
+            with self._rx_lock:
+                sock = self.socket
+                if sock.closed:
+                    continue
+                batch = PacketBatch(self._capacity, mtu=self._mtu + WG_OVERHEAD)
+                sock.recv_batch(batch, timeout=POLL)
+            if len(batch) and not self.handle.incoming.put(batch):
+                pass  # counted by the driver's input queue
+
+    def _send_loop(self) -> None:
+        out = self.handle.outgoing
+        while True:
+            try:
+                item = out.get(timeout=POLL)
+            except QueueClosed:
+                return
+            if item is None:
+                if self._stop.is_set():
+                    return
+                continue
+            endpoint, batch = item
+            with self._tx_lock:
+                if isinstance(batch, PacketBatch):
+                    self.socket.send_batch(batch, endpoint)
+                else:
+                    for pkt in batch:
+                        self.socket.sendto(pkt, endpoint)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.socket.wake()
+        self._driver.remove_underlay_transport(self.id)
+        current = threading.current_thread()
+        for t in self._threads:
+            if t is not current:
+                t.join(5)
+        self.socket.close()
+
+
+# -- the interface ----------------------------------------------------------------------------
+
+
+def _uapi_socket_live(path: str) -> bool:
+    try:
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            return False
+    except OSError:
+        return False
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+class RunningInterface:
+    """One interface brought up from a parsed configuration; see the module docstring."""
+
+    def __init__(self, name: str, config: Config, *, socket_dir: str = DEFAULT_SOCKET_DIR):
+        self.name = name
+        self.config = config
+        self.socket_dir = socket_dir
+        self.mtu = config.interface.mtu or DEFAULT_MTU
+        self.stop_reason: str | None = None
+        self._stopped = threading.Event()
+        self.tun: TunDevice | None = None
+        self.driver: ThreadedDataPlane | None = None
+        self.overlay: TunTransport | None = None
+        self.udp: RebindableUdp | None = None
+        self.interface: Interface | None = None
+        self.server: UAPIServer | None = None
+
+    # -- building --
+
+    def _new_core(self, key: PrivateKey) -> DataPlane:
+        core = DataPlane(key, mtu=self.mtu)
+        assert self.overlay is not None
+        tun = self.overlay.id
+        core.set_addresses([a.ip for a in self.config.interface.addresses], overlay=tun)
+        core.set_routes(inbound={"0.0.0.0/0": tun, "::/0": tun})
+        return core
+
+    def start(self) -> RunningInterface:
+        sock_path = os.path.join(self.socket_dir, f"{self.name}.sock")
+        if _uapi_socket_live(sock_path):
+            raise InterfaceError(f"interface {self.name} is already up ({sock_path} answers)")
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _build(self) -> None:
+        cfg = self.config.interface
+        self.tun = TunDevice(self.name, mtu=self.mtu)
+        key = cfg.private_key
+        # Without a key the slot is inert (drops everything); the core's key is a placeholder.
+        slot = CoreSlot(DataPlane(key or PrivateKey.generate(), mtu=self.mtu), inert=key is None)
+        self.driver = ThreadedDataPlane(slot, name=f"wg-{self.name}")
+        self.overlay = TunTransport(self.driver, self.tun, on_gone=self._tun_gone)
+        slot.core = self._new_core(key or PrivateKey.generate())
+        try:
+            self.udp = RebindableUdp(self.driver, cfg.listen_port or 0, mtu=self.mtu)
+        except OSError as e:
+            raise InterfaceError(
+                f"cannot listen on UDP port {cfg.listen_port}: {e.strerror}"
+            ) from None
+        self.driver.start()
+        self.interface = Interface(
+            self.driver,
+            listen_port=self.udp.port,
+            bind_port=self.udp.rebind,
+            apply_fwmark=self.udp.set_fwmark,
+            core_factory=self._new_core,
+        )
+        try:
+            self.interface.apply_config(self.config)
+        except UAPIError as e:
+            raise InterfaceError(f"configuration refused: {e}") from None
+        self.tun.add_addresses(cfg.addresses)
+        self.tun.set_up()
+        routes = []
+        for peer in self.config.peers:
+            for net in peer.allowed_ips:
+                if net.prefixlen == 0:
+                    log.warning("not routing %s to %s (needs policy routing)", net, self.name)
+                elif not any(
+                    net.subnet_of(a.network)
+                    for a in cfg.addresses  # type: ignore[arg-type]
+                    if a.version == net.version
+                ):
+                    routes.append(net)
+        self.tun.add_routes(routes)
+        self.server = UAPIServer(
+            self.name, self.interface, socket_dir=self.socket_dir, on_deleted=self._socket_deleted
+        )
+        try:
+            self.server.start()
+        except (OSError, ValueError) as e:
+            raise InterfaceError(f"cannot create the UAPI socket: {e}") from None
+        log.info(
+            "interface %s up: UDP port %d, MTU %d, %d peer(s)",
+            self.name,
+            self.udp.port,
+            self.mtu,
+            len(self.config.peers),
+        )
+
+    # -- running --
+
+    def stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self._stopped.set()
+
+    def _tun_gone(self) -> None:
+        self.stop(f"interface {self.name} was removed")
+
+    def _socket_deleted(self) -> None:
+        self.stop("UAPI socket deleted")
+
+    def run(self, *, handle_signals: bool = True) -> int:
+        """Serve until stopped; returns 0 for a requested stop, 1 for a failure."""
+        previous: dict[int, Any] = {}
+        if handle_signals and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(
+                    sig, lambda s, f: self.stop(f"signal {signal.Signals(s).name}")
+                )
+        try:
+            while not self._stopped.wait(POLL):
+                if self.driver is not None and self.driver.errors:
+                    self.stop(f"driver thread failed: {self.driver.errors[0]!r}")
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        log.info("interface %s stopping: %s", self.name, self.stop_reason)
+        failed = self.stop_reason is not None and self.stop_reason.startswith("driver")
+        return 1 if failed else 0
+
+    def log_stats(self, level: int = logging.INFO) -> None:
+        """Log the drop counters of the core, the device and the transports."""
+        if self.driver is None or not log.isEnabledFor(level):
+            return
+        with self.driver.locked() as core:
+            st = core.stats()
+        log.log(
+            level,
+            "core drops %s, device drops %s, delivered %d",
+            st.drops,
+            st.device_drops,
+            st.delivered,
+        )
+        if self.tun is not None:
+            log.log(
+                level,
+                "tun errors %s, rx %d tx %d, driver %s",
+                dict(self.tun.errors),
+                self.tun.io.rx_packets,
+                self.tun.io.tx_packets,
+                self.driver.stats,
+            )
+        if self.udp is not None:
+            log.log(level, "udp errors %s", dict(self.udp.socket.errors))
+
+    def close(self) -> None:
+        """Tear everything down in reverse order; every step runs even if one fails."""
+        try:
+            self.log_stats()
+        except Exception as e:  # noqa: BLE001 - statistics must not stop the teardown
+            log.error("reading statistics failed: %s", e)
+        steps = (
+            ("UAPI server", self.server),
+            ("UDP", self.udp),
+            ("TUN transport", self.overlay),
+            ("driver", self.driver),
+            ("TUN", self.tun),
+        )
+        for what, part in steps:
+            if part is None:
+                continue
+            try:
+                part.close()
+            except Exception as e:  # noqa: BLE001 - keep tearing down the rest
+                log.error("closing %s failed: %s", what, e)
+        self.server = self.udp = self.overlay = self.driver = self.tun = None  # type: ignore[assignment]
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+
+def resolve_config_path(arg: str, config_dir: str = CONFIG_DIR) -> str:
+    """``CONFIG`` as given if it looks like a path, else ``/etc/wireguard/NAME.conf``."""
+    if os.sep in arg or arg.endswith(".conf") or os.path.exists(arg):
+        return arg
+    return os.path.join(config_dir, f"{arg}.conf")
+
+
+def add_up_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "config",
+        metavar="CONFIG|NAME",
+        help="wg-quick file, or NAME for "
+        f"{CONFIG_DIR}/NAME.conf; the interface is named after the file",
+    )
+    p.add_argument(
+        "-f",
+        "--foreground",
+        action="store_true",
+        help="accepted for compatibility: dataplane up always stays in the foreground",
+    )
+    p.add_argument("--socket-dir", default=DEFAULT_SOCKET_DIR, help=argparse.SUPPRESS)
+
+
+def add_down_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", metavar="NAME", help="interface to stop")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait for the interface to go away (default 10)",
+    )
+    p.add_argument("--socket-dir", default=DEFAULT_SOCKET_DIR, help=argparse.SUPPRESS)
+
+
+def add_show_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", metavar="NAME", nargs="?", help="interface (default: all)")
+    p.add_argument("--socket-dir", default=DEFAULT_SOCKET_DIR, help=argparse.SUPPRESS)
+
+
+def _fail(message: str) -> int:
+    print(f"dataplane: {message}", file=sys.stderr)
+    return 1
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    path = resolve_config_path(args.config)
+    try:
+        name = interface_name(path)
+        config = load(path)
+    except ConfigError as e:
+        print(f"dataplane: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"dataplane: cannot read {path}: {e.strerror}", file=sys.stderr)
+        return 2
+    iface = RunningInterface(name, config, socket_dir=args.socket_dir)
+    try:
+        iface.start()
+    except (InterfaceError, TunError) as e:
+        return _fail(str(e))
+    try:
+        return iface.run()
+    finally:
+        iface.close()
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    path = os.path.join(args.socket_dir, f"{args.name}.sock")
+    try:
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            return _fail(f"{path} is not a socket")
+    except FileNotFoundError:
+        return _fail(f"interface {args.name} is not up (no {path})")
+    was_here = interface_exists(args.name)
+    # The running instance watches its socket file and shuts down when it goes, as
+    # wireguard-go does: this also works across network namespaces.
+    os.unlink(path)
+    if was_here:
+        end = time.monotonic() + args.timeout
+        while interface_exists(args.name):
+            if time.monotonic() > end:
+                return _fail(f"interface {args.name} still exists after {args.timeout:g} s")
+            time.sleep(0.05)
+    return 0
+
+
+def _uapi_get(path: str, timeout: float = 5.0) -> dict[str, Any]:
+    """Parse a ``get=1`` reply into {"iface": {...}, "peers": [{...}]}."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        s.sendall(b"get=1\n\n")
+        buf = b""
+        while not buf.endswith(b"\n\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    iface: dict[str, Any] = {}
+    peers: list[dict[str, Any]] = []
+    cur = iface
+    for line in buf.decode("utf-8", "replace").splitlines():
+        if "=" not in line:
+            continue
+        k, v = line.split("=", 1)
+        if k == "public_key":
+            cur = {"allowed_ip": []}
+            peers.append(cur)
+        if k == "allowed_ip":
+            cur.setdefault("allowed_ip", []).append(v)
+        else:
+            cur[k] = v
+    if iface.get("errno", "0") != "0" or (peers and peers[-1].get("errno", "0") != "0"):
+        raise OSError(f"UAPI get failed on {path}")
+    return {"iface": iface, "peers": peers}
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def _ago(sec: int) -> str:
+    if sec <= 0:
+        return "never"
+    d = max(0, int(time.time()) - sec)
+    return f"{d} second{'s' if d != 1 else ''} ago"
+
+
+def format_status(name: str, state: dict[str, Any]) -> str:
+    """``wg show``-like text for one interface."""
+    i = state["iface"]
+    lines = [f"interface: {name}"]
+    if "private_key" in i:
+        pub = PrivateKey(bytes.fromhex(i["private_key"])).public_key.to_base64()
+        lines += [f"  public key: {pub}", "  private key: (hidden)"]
+    if "listen_port" in i:
+        lines.append(f"  listening port: {i['listen_port']}")
+    if i.get("fwmark"):
+        lines.append(f"  fwmark: {int(i['fwmark']):#x}")
+    for p in state["peers"]:
+        lines.append("")
+        lines.append(f"peer: {PublicKey(bytes.fromhex(p['public_key'])).to_base64()}")
+        if p.get("preshared_key", "0" * 64) != "0" * 64:
+            lines.append("  preshared key: (hidden)")
+        if "endpoint" in p:
+            lines.append(f"  endpoint: {p['endpoint']}")
+        lines.append(f"  allowed ips: {', '.join(p['allowed_ip']) or '(none)'}")
+        lines.append(f"  latest handshake: {_ago(int(p.get('last_handshake_time_sec', 0)))}")
+        rx, tx = int(p.get("rx_bytes", 0)), int(p.get("tx_bytes", 0))
+        lines.append(f"  transfer: {_bytes(rx)} received, {_bytes(tx)} sent")
+        ka = int(p.get("persistent_keepalive_interval", 0))
+        if ka:
+            lines.append(f"  persistent keepalive: every {ka} seconds")
+    return "\n".join(lines)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    if args.name:
+        names = [args.name]
+    else:
+        try:
+            names = sorted(f[:-5] for f in os.listdir(args.socket_dir) if f.endswith(".sock"))
+        except FileNotFoundError:
+            names = []
+    out = []
+    status = 0
+    for name in names:
+        path = os.path.join(args.socket_dir, f"{name}.sock")
+        try:
+            out.append(format_status(name, _uapi_get(path)))
+        except (OSError, ValueError) as e:
+            msg = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            print(f"dataplane: cannot read interface {name}: {msg}", file=sys.stderr)
+            status = 1
+    if out:
+        print("\n\n".join(out))
+    return status
+
+
+UP_HELP = "bring up a WireGuard interface from a wg-quick file (runs in the foreground)"
+DOWN_HELP = "stop an interface started by `dataplane up` (removes its UAPI socket)"
+SHOW_HELP = "show interfaces, peers, handshakes and transfer through the UAPI socket"

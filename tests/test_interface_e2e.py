@@ -1,0 +1,292 @@
+"""End to end: ``dataplane up`` in one namespace, wireguard-go in another, real kernel traffic.
+
+Topology (namespaces and everything in them created here and deleted at the end, also
+when a test fails; nothing in the root namespace except the UAPI sockets, whose directory
+is machine-wide):
+
+    ns "dpe2g<N>": wireguard-go on TUN dpgo<N> (10.99.0.1/24, fd99::1/64), UDP 10.98.0.1:51820
+         | veth 10.98.0.0/24
+    ns "dpe2u<N>": `python -m dataplane up dpus<N>.conf` -> TUN dpus<N> (10.99.0.2/24,
+                   fd99::2/64), UDP :51821, UAPI /var/run/wireguard/dpus<N>.sock
+
+The kernel of each namespace produces and consumes the traffic (ping, iperf3), so every
+packet crosses our TUN transport, our core and our UDP transport. The tests run in file
+order on one lab: ping, iperf3, counters through ``wg``/``dataplane show``, then down.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import skip_or_fail
+
+from dataplane.wireguard.keys import PresharedKey, PrivateKey
+
+pytestmark = pytest.mark.privileged
+
+REPO = Path(__file__).resolve().parent.parent
+TAG = os.getpid() % 100000
+NS_GO, NS_US = f"dpe2g{TAG}", f"dpe2u{TAG}"
+IF_GO, IF_US = f"dpgo{TAG}", f"dpus{TAG}"
+SOCK_DIR = "/var/run/wireguard"
+GO_UNDERLAY, US_UNDERLAY = ("10.98.0.1", 51820), ("10.98.0.2", 51821)
+GO4, US4, GO6, US6 = "10.99.0.1", "10.99.0.2", "fd99::1", "fd99::2"
+IPERF_SECONDS = 3
+# A multiple of 16 on both sides. With 1420, a full-size packet is padded only up to the
+# MTU (1420, not a multiple of 16), and ``_ident.classify`` currently drops such transport
+# data messages as UNCLASSIFIED (it requires a multiple of 16): full-size TCP segments
+# from wireguard-go would never arrive. Reported to the owner of ``_ident``; set back to
+# 1420 once the classifier accepts any length >= 32.
+MTU = 1408
+
+
+def run(*cmd: str, check: bool = True, timeout: float = 20) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        cmd, check=check, capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
+
+
+def in_ns(ns: str, *cmd: str, check: bool = True, timeout: float = 20):
+    return run("ip", "netns", "exec", ns, *cmd, check=check, timeout=timeout)
+
+
+def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: process exited with {proc.returncode}")
+        if time.monotonic() > end:
+            raise TimeoutError(f"{what}: not within {timeout} s")
+        time.sleep(0.05)
+
+
+def stop(proc: subprocess.Popen | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+class Lab:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.go_key, self.us_key = PrivateKey.generate(), PrivateKey.generate()
+        self.psk = PresharedKey.generate()
+        self.go: subprocess.Popen | None = None
+        self.us: subprocess.Popen | None = None
+        self.go_log = open(tmp / "wireguard-go.log", "w")
+        self.us_log = open(tmp / "dataplane.log", "w")
+        self.conf = tmp / f"{IF_US}.conf"
+        self.results: dict[str, float] = {}
+
+    def setup(self) -> None:
+        for ns in (NS_GO, NS_US):
+            run("ip", "netns", "del", ns, check=False)  # left over by a killed run
+            run("ip", "netns", "add", ns)
+            run("ip", "-n", ns, "link", "set", "lo", "up")
+        run("ip", "-n", NS_GO, "link", "add", "veth0", "type", "veth",
+            "peer", "name", "veth1", "netns", NS_US)  # fmt: skip
+        run("ip", "-n", NS_GO, "addr", "add", "10.98.0.1/24", "dev", "veth0")
+        run("ip", "-n", NS_US, "addr", "add", "10.98.0.2/24", "dev", "veth1")
+        run("ip", "-n", NS_GO, "link", "set", "veth0", "up")
+        run("ip", "-n", NS_US, "link", "set", "veth1", "up")
+        self._start_wireguard_go()
+        self.conf.write_text(
+            "# our side, written like a wg-quick file\n"
+            "[Interface]\n"
+            f"PrivateKey = {self.us_key.to_base64()}\n"
+            f"ListenPort = {US_UNDERLAY[1]}\n"
+            f"Address = {US4}/24, {US6}/64\n"
+            f"MTU = {MTU}\n"
+            "\n[Peer]\n"
+            f"PublicKey = {self.go_key.public_key.to_base64()}\n"
+            f"PresharedKey = {self.psk.to_base64()}\n"
+            f"AllowedIPs = {GO4}/32, {GO6}/128\n"
+            f"Endpoint = {GO_UNDERLAY[0]}:{GO_UNDERLAY[1]}\n"
+        )
+        os.chmod(self.conf, 0o600)
+        self.us = self.start_us()
+
+    def _start_wireguard_go(self) -> None:
+        env = dict(os.environ, WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD="1")
+        self.go = subprocess.Popen(
+            ["ip", "netns", "exec", NS_GO, "wireguard-go", "-f", IF_GO],
+            stdout=self.go_log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        wait_for(lambda: os.path.exists(f"{SOCK_DIR}/{IF_GO}.sock"), 10, "wireguard-go", self.go)
+        (self.tmp / "go.key").write_text(self.go_key.to_base64() + "\n")
+        (self.tmp / "psk").write_text(self.psk.to_base64() + "\n")
+        os.chmod(self.tmp / "go.key", 0o600)
+        os.chmod(self.tmp / "psk", 0o600)
+        run("wg", "set", IF_GO, "private-key", str(self.tmp / "go.key"),
+            "listen-port", str(GO_UNDERLAY[1]),
+            "peer", self.us_key.public_key.to_base64(),
+            "preshared-key", str(self.tmp / "psk"),
+            "allowed-ips", f"{US4}/32,{US6}/128",
+            "endpoint", f"{US_UNDERLAY[0]}:{US_UNDERLAY[1]}")  # fmt: skip
+        run("ip", "-n", NS_GO, "addr", "add", f"{GO4}/24", "dev", IF_GO)
+        run("ip", "-n", NS_GO, "addr", "add", f"{GO6}/64", "dev", IF_GO, "nodad")
+        run("ip", "-n", NS_GO, "link", "set", IF_GO, "mtu", str(MTU), "up")
+
+    def start_us(self) -> subprocess.Popen:
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        proc = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                NS_US,
+                sys.executable,
+                "-m",
+                "dataplane",
+                "up",
+                "-v",
+                str(self.conf),
+            ],  # fmt: skip
+            stdout=self.us_log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=self.tmp,
+        )
+        wait_for(lambda: os.path.exists(f"{SOCK_DIR}/{IF_US}.sock"), 15, "dataplane up", proc)
+        return proc
+
+    def close(self) -> None:
+        stop(self.us)
+        stop(self.go)
+        for ns in (NS_GO, NS_US):
+            run("ip", "netns", "del", ns, check=False)
+        for name in (IF_GO, IF_US):
+            # Only a socket nobody serves any more; both owners remove theirs on exit.
+            path = f"{SOCK_DIR}/{name}.sock"
+            if (
+                os.path.exists(path)
+                and subprocess.run(["wg", "show", name], capture_output=True, timeout=5).returncode
+            ):
+                os.unlink(path)
+        self.go_log.close()
+        self.us_log.close()
+
+    def logs(self) -> str:
+        return (
+            "--- dataplane ---\n"
+            + (self.tmp / "dataplane.log").read_text(errors="replace")[-3000:]
+            + "\n--- wireguard-go ---\n"
+            + (self.tmp / "wireguard-go.log").read_text(errors="replace")[-1500:]
+        )
+
+
+def dump(name: str) -> list[list[str]]:
+    out = run("wg", "show", name, "dump").stdout
+    return [line.split("\t") for line in out.splitlines()]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    if os.geteuid() != 0:
+        skip_or_fail("end-to-end interface test needs root")
+    for tool in ("ip", "wg", "wireguard-go", "ping"):
+        if shutil.which(tool) is None:
+            skip_or_fail(f"{tool} is not installed")
+    if not os.path.exists("/dev/net/tun"):
+        skip_or_fail("/dev/net/tun is missing")
+    lab = Lab(tmp_path_factory.mktemp("e2e"))
+    try:
+        lab.setup()
+        yield lab
+    except BaseException:
+        print(lab.logs())
+        raise
+    finally:
+        lab.close()
+
+
+def ping(lab: Lab, ns: str, target: str, count: int = 3) -> None:
+    r = in_ns(ns, "ping", "-c", str(count), "-i", "0.2", "-W", "3", target, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr + lab.logs()
+
+
+def test_ping_both_ways_ipv4_and_ipv6(lab):
+    # First from us: the kernel's packet waits in our per-peer staging during the handshake.
+    ping(lab, NS_US, GO4)
+    ping(lab, NS_GO, US4)
+    ping(lab, NS_US, GO6)
+    ping(lab, NS_GO, US6)
+    # Large packets at the interface MTU in both directions (no fragmentation inside).
+    size = str(MTU - 28)
+    r = in_ns(NS_US, "ping", "-c", "2", "-i", "0.2", "-W", "3", "-M", "do", "-s", size, GO4,
+              check=False)  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_iperf3_tcp_transfer_completes(lab):
+    if shutil.which("iperf3") is None:
+        skip_or_fail("iperf3 is not installed")
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", NS_GO, "iperf3", "-s", "-1", "-B", GO4],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(0.3)
+        r = in_ns(NS_US, "iperf3", "-c", GO4, "-t", str(IPERF_SECONDS), "-J", "--connect-timeout",
+                  "3000", check=False, timeout=IPERF_SECONDS + 15)  # fmt: skip
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr + lab.logs()
+        result = json.loads(r.stdout)
+        received = result["end"]["sum_received"]
+        assert received["bytes"] > 1_000_000
+        lab.results["iperf_bytes"] = received["bytes"]
+        lab.results["gbps"] = received["bits_per_second"] / 1e9
+        print(f"\niperf3 TCP dataplane -> wireguard-go: {lab.results['gbps']:.3f} Gb/s")
+    finally:
+        stop(server)
+
+
+def test_wg_show_through_our_socket_has_handshake_and_counters(lab):
+    theirs = dump(IF_GO)  # read first: everything they counted, we had counted too
+    ours = dump(IF_US)
+    assert len(ours) == 2 and len(theirs) == 2
+    iface, peer = ours
+    assert iface[0] == lab.us_key.to_base64() and iface[2] == str(US_UNDERLAY[1])
+    pub, psk, endpoint, allowed, handshake, rx, tx, keepalive = peer
+    assert pub == lab.go_key.public_key.to_base64() and psk == lab.psk.to_base64()
+    assert endpoint == f"{GO_UNDERLAY[0]}:{GO_UNDERLAY[1]}"
+    assert set(allowed.split(",")) == {f"{GO4}/32", f"{GO6}/128"}
+    assert 0 < time.time() - int(handshake) < 120
+    rx, tx = int(rx), int(tx)
+    go_rx, go_tx = int(theirs[1][5]), int(theirs[1][6])
+    # Byte counters count sealed transport data on both sides. wireguard-go can only have
+    # decrypted what we sent (it loses some of a TCP burst in its 212 KB socket buffer,
+    # so not all of it), and we received what it sent (the ACK direction hardly loses).
+    assert 0 < go_rx <= tx, (go_rx, tx)
+    assert 0.9 * go_tx <= rx <= go_tx + 2048, (rx, go_tx)
+    print(f"\nours tx {tx} / wireguard-go rx {go_rx}; ours rx {rx} / wireguard-go tx {go_tx}")
+    # Every payload byte iperf3 received crossed the tunnel in a sealed packet.
+    assert go_rx > lab.results.get("iperf_bytes", 0)
+    text = run(sys.executable, "-m", "dataplane", "show", IF_US).stdout
+    assert f"interface: {IF_US}" in text and f"peer: {pub}" in text
+    assert "seconds ago" in text and "received" in text and f"{GO4}/32" in text
+
+
+def test_down_removes_interface_and_socket(lab):
+    r = in_ns(NS_US, sys.executable, "-m", "dataplane", "down", IF_US, check=False)
+    assert r.returncode == 0, r.stderr
+    assert lab.us is not None
+    assert lab.us.wait(10) == 0, lab.logs()
+    assert not os.path.exists(f"{SOCK_DIR}/{IF_US}.sock")
+    assert IF_US not in run("ip", "-n", NS_US, "link", "show").stdout
+    log = (lab.tmp / "dataplane.log").read_text()
+    assert "Traceback" not in log and "UAPI socket deleted" in log
