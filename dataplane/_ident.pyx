@@ -8,8 +8,8 @@ kind byte per slot:
 
 * WireGuard (whitepaper §5.4.2-§5.4.7): type byte 1-4 followed by three zero reserved
   bytes, with the exact length of its message: initiation 148, response 92, cookie reply
-  64, transport data at least 32 (16 header + 16 tag) and a multiple of 16 (senders pad
-  plaintext to 16). The kind value is the message type itself.
+  64, transport data at least 32 (16 header + 16 tag); not necessarily a multiple of 16,
+  since padding never goes past the MTU. The kind value is the message type itself.
 * Disco (tailscale ``ts_disco_protocol``): the 6-byte magic ``"TS" F0 9F 92 AC`` and at
   least the whole 62-byte header (magic, 32-byte sender key, 24-byte nonce), the threshold
   of the reference's ``is_disco_message`` and Go's ``LooksLikeDiscoWrapper``.
@@ -75,7 +75,6 @@ cdef enum:
     WG_RESPONSE_LEN = 92
     WG_COOKIE_LEN = 64
     WG_DATA_MIN_LEN = 32        # 16-byte header + 16-byte tag of an empty (keepalive) payload
-    WG_PAD = 16
 
 # RFC 5389 §6.
 cdef enum:
@@ -123,10 +122,10 @@ cdef inline uint8_t _classify_payload(const uint8_t* p, Py_ssize_t n,
     t = p[0]
     if 1 <= t <= 4 and p[1] == 0 and p[2] == 0 and p[3] == 0:
         if t == KIND_WG_DATA:
+            # No multiple-of-16 check: padding stops at the MTU, so a full-size packet
+            # (e.g. 1420 B plaintext) arrives as 1452 bytes.
             if n < WG_DATA_MIN_LEN:
                 return ST_TOO_SHORT
-            if n % WG_PAD:
-                return ST_UNCLASSIFIED
         else:
             if t == KIND_WG_INITIATION:
                 need = WG_INITIATION_LEN

@@ -231,3 +231,12 @@ def test_remove_peer_drops_its_routes():
         p.a.remove_peer(p.pa)
     with pytest.raises(ConfigError):
         p.a.add_peer(p.kb.public_key, allowed_ips=["bogus"])
+
+
+def test_full_mtu_packets_cross():
+    # Regression: 1420-byte packets are not padded (MTU cap), so their datagrams are not a
+    # multiple of 16 long; classification used to refuse them.
+    p = Pair()
+    big = udp_packet(p.addr_a, p.addr_b, 1, 2, bytes(1420 - 28))
+    p.send("a", [big, big], 1.0)
+    assert p.delivered["b"] == [big, big]
