@@ -281,6 +281,46 @@ def test_wg_show_through_our_socket_has_handshake_and_counters(lab):
     assert "seconds ago" in text and "received" in text and f"{GO4}/32" in text
 
 
+def test_listen_port_change_through_wg_moves_the_socket(lab):
+    # A busy port is refused (EADDRINUSE through wg) and the socket stays where it was.
+    holder = subprocess.Popen(
+        ["ip", "netns", "exec", NS_US, sys.executable, "-c",
+         "import socket, time; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+         "s.bind(('0.0.0.0', 51823)); print('bound', flush=True); time.sleep(20)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "bound"
+        r = run("wg", "set", IF_US, "listen-port", "51823", check=False)
+        assert r.returncode != 0 and "in use" in r.stderr, r.stderr
+        assert dump(IF_US)[0][2] == str(US_UNDERLAY[1])
+    finally:
+        stop(holder)
+    run("wg", "set", IF_US, "listen-port", "51822")
+    assert dump(IF_US)[0][2] == "51822"
+    # Our packets now leave from the new port; wireguard-go roams to it and answers there.
+    ping(lab, NS_US, GO4)
+    ping(lab, NS_GO, US6)
+    assert dump(IF_GO)[1][2] == f"{US_UNDERLAY[0]}:51822"
+
+
+def test_private_key_change_through_wg_keeps_the_interface_working(lab):
+    new_key = PrivateKey.generate()
+    key_file = lab.tmp / "us-new.key"
+    key_file.write_text(new_key.to_base64() + "\n")
+    os.chmod(key_file, 0o600)
+    run("wg", "set", IF_US, "private-key", str(key_file))
+    assert dump(IF_US)[0][1] == new_key.public_key.to_base64()
+    run("wg", "set", IF_GO, "peer", lab.us_key.public_key.to_base64(), "remove")
+    run("wg", "set", IF_GO, "peer", new_key.public_key.to_base64(),
+        "preshared-key", str(lab.tmp / "psk"), "allowed-ips", f"{US4}/32,{US6}/128",
+        "endpoint", f"{US_UNDERLAY[0]}:51822")  # fmt: skip
+    # The rebuilt core still delivers to the TUN and sends through the same UDP socket.
+    ping(lab, NS_GO, US4)
+    ping(lab, NS_US, GO6)
+    lab.us_key = new_key
+
+
 def test_down_removes_interface_and_socket(lab):
     r = in_ns(NS_US, sys.executable, "-m", "dataplane", "down", IF_US, check=False)
     assert r.returncode == 0, r.stderr
@@ -327,7 +367,12 @@ def test_up_errors_are_one_line_without_traceback(lab):
 
 
 def test_sigterm_tears_down_cleanly(lab):
-    # After `down` in the test above, the same file comes up again and stops on SIGTERM.
+    # After `down` above, the file (with the key set through wg since) comes up again and
+    # stops on SIGTERM.
+    text = lab.conf.read_text().splitlines()
+    text = [f"PrivateKey = {lab.us_key.to_base64()}" if t.startswith("PrivateKey") else t
+            for t in text]  # fmt: skip
+    lab.conf.write_text("\n".join(text) + "\n")
     proc = lab.start_us()
     lab.us = proc
     ping(lab, NS_US, GO4, count=2)
