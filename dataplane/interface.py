@@ -267,9 +267,8 @@ class RunningInterface:
                 if net.prefixlen == 0:
                     log.warning("not routing %s to %s (needs policy routing)", net, self.name)
                 elif not any(
-                    net.subnet_of(a.network)
-                    for a in cfg.addresses  # type: ignore[arg-type]
-                    if a.version == net.version
+                    net.network_address in a.network and net.prefixlen >= a.network.prefixlen
+                    for a in cfg.addresses
                 ):
                     routes.append(net)
         self.tun.add_routes(routes)
@@ -314,8 +313,8 @@ class RunningInterface:
                 if self.driver is not None and self.driver.errors:
                     self.stop(f"driver thread failed: {self.driver.errors[0]!r}")
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
         log.info("interface %s stopping: %s", self.name, self.stop_reason)
         failed = self.stop_reason is not None and self.stop_reason.startswith("driver")
         return 1 if failed else 0
@@ -365,7 +364,11 @@ class RunningInterface:
                 part.close()
             except Exception as e:  # noqa: BLE001 - keep tearing down the rest
                 log.error("closing %s failed: %s", what, e)
-        self.server = self.udp = self.overlay = self.driver = self.tun = None  # type: ignore[assignment]
+        self.server = None
+        self.udp = None
+        self.overlay = None
+        self.driver = None
+        self.tun = None
 
 
 # -- the command line ---------------------------------------------------------------------------
@@ -512,7 +515,7 @@ def format_status(name: str, state: dict[str, Any]) -> str:
         lines += [f"  public key: {pub}", "  private key: (hidden)"]
     if "listen_port" in i:
         lines.append(f"  listening port: {i['listen_port']}")
-    if i.get("fwmark"):
+    if int(i.get("fwmark", 0)):
         lines.append(f"  fwmark: {int(i['fwmark']):#x}")
     for p in state["peers"]:
         lines.append("")
