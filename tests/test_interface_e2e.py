@@ -118,7 +118,7 @@ class Lab:
         os.chmod(self.conf, 0o600)
         self.us = self.start_us()
 
-    def _start_wireguard_go(self) -> None:
+    def _start_wireguard_go(self, us_port: int = US_UNDERLAY[1]) -> None:
         env = dict(os.environ, WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD="1")
         self.go = subprocess.Popen(
             ["ip", "netns", "exec", NS_GO, "wireguard-go", "-f", IF_GO],
@@ -136,7 +136,7 @@ class Lab:
             "peer", self.us_key.public_key.to_base64(),
             "preshared-key", str(self.tmp / "psk"),
             "allowed-ips", f"{US4}/32,{US6}/128",
-            "endpoint", f"{US_UNDERLAY[0]}:{US_UNDERLAY[1]}")  # fmt: skip
+            "endpoint", f"{US_UNDERLAY[0]}:{us_port}")  # fmt: skip
         run("ip", "-n", NS_GO, "addr", "add", f"{GO4}/24", "dev", IF_GO)
         run("ip", "-n", NS_GO, "addr", "add", f"{GO6}/64", "dev", IF_GO, "nodad")
         run("ip", "-n", NS_GO, "link", "set", IF_GO, "mtu", str(MTU), "up")
@@ -319,6 +319,22 @@ def test_private_key_change_through_wg_keeps_the_interface_working(lab):
     ping(lab, NS_GO, US4)
     ping(lab, NS_US, GO6)
     lab.us_key = new_key
+
+
+def test_roaming_and_restarted_wireguard_go(lab):
+    # wireguard-go moves to another port: its next authenticated packet moves our endpoint.
+    run("wg", "set", IF_GO, "listen-port", "51830")
+    ping(lab, NS_GO, US4)
+    assert dump(IF_US)[1][2] == f"{GO_UNDERLAY[0]}:51830"
+    ping(lab, NS_US, GO4)
+    # Killed and restarted (same key, fresh state, back on its first port): its new
+    # handshake replaces our stale session and traffic flows both ways again.
+    stop(lab.go)
+    run("ip", "-n", NS_GO, "link", "del", IF_GO, check=False)
+    lab._start_wireguard_go(us_port=51822)
+    ping(lab, NS_GO, US4)
+    ping(lab, NS_US, GO6)
+    assert dump(IF_US)[1][2] == f"{GO_UNDERLAY[0]}:{GO_UNDERLAY[1]}"
 
 
 def test_down_removes_interface_and_socket(lab):
