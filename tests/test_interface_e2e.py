@@ -398,3 +398,80 @@ def test_sigterm_tears_down_cleanly(lab):
     assert IF_US not in run("ip", "-n", NS_US, "link", "show").stdout
     log = (lab.tmp / "dataplane.log").read_text()
     assert "signal SIGTERM" in log and "Traceback" not in log and "failed" not in log
+
+
+def iperf(server_ns: str, client_ns: str, target: str, seconds: int) -> dict:
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", server_ns, "iperf3", "-s", "-1", "-B", target],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(0.3)
+        r = in_ns(client_ns, "iperf3", "-c", target, "-t", str(seconds), "-J",
+                  "--connect-timeout", "3000", check=False, timeout=seconds + 15)  # fmt: skip
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr
+        return json.loads(r.stdout)["end"]["sum_received"]
+    finally:
+        stop(server)
+
+
+def test_both_ends_ours(tmp_path):
+    """Two `dataplane up` instances in two namespaces carry ping (v4, v6) and iperf3."""
+    if os.geteuid() != 0:
+        skip_or_fail("end-to-end interface test needs root")
+    for tool in ("ip", "ping", "iperf3"):
+        if shutil.which(tool) is None:
+            skip_or_fail(f"{tool} is not installed")
+    ns = (f"dpe2a{TAG}", f"dpe2b{TAG}")
+    names = (f"dpa{TAG}", f"dpb{TAG}")
+    keys = (PrivateKey.generate(), PrivateKey.generate())
+    procs: list[subprocess.Popen] = []
+    log = open(tmp_path / "ours.log", "w")
+    try:
+        for n in ns:
+            run("ip", "netns", "del", n, check=False)
+            run("ip", "netns", "add", n)
+            run("ip", "-n", n, "link", "set", "lo", "up")
+        run("ip", "-n", ns[0], "link", "add", "veth0", "type", "veth",
+            "peer", "name", "veth1", "netns", ns[1])  # fmt: skip
+        for i, n in enumerate(ns):
+            run("ip", "-n", n, "addr", "add", f"10.98.0.{i + 1}/24", "dev", f"veth{i}")
+            run("ip", "-n", n, "link", "set", f"veth{i}", "up")
+        for i, n in enumerate(ns):
+            other = 1 - i
+            conf = tmp_path / f"{names[i]}.conf"
+            conf.write_text(
+                f"[Interface]\nPrivateKey = {keys[i].to_base64()}\nListenPort = {51820 + i}\n"
+                f"Address = 10.99.0.{i + 1}/24, fd99::{i + 1}/64\nMTU = {MTU}\n"
+                f"[Peer]\nPublicKey = {keys[other].public_key.to_base64()}\n"
+                f"AllowedIPs = 10.99.0.{other + 1}/32, fd99::{other + 1}/128\n"
+                f"Endpoint = 10.98.0.{other + 1}:{51820 + other}\n"
+            )
+            procs.append(
+                subprocess.Popen(
+                    ["ip", "netns", "exec", n, sys.executable, "-m", "dataplane", "up", str(conf)],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=dict(os.environ, PYTHONPATH=str(REPO)),
+                )  # fmt: skip
+            )
+            sock = f"{SOCK_DIR}/{names[i]}.sock"
+            wait_for(lambda p=sock: os.path.exists(p), 15, "dataplane up", procs[-1])
+        for src, dst in ((0, "10.99.0.2"), (1, "10.99.0.1"), (0, "fd99::2"), (1, "fd99::1")):
+            r = in_ns(ns[src], "ping", "-c", "3", "-i", "0.2", "-W", "3", dst, check=False)
+            assert r.returncode == 0, r.stdout + (tmp_path / "ours.log").read_text()
+        got = iperf(ns[1], ns[0], "10.99.0.2", IPERF_SECONDS)
+        assert got["bytes"] > 1_000_000
+        print(f"\niperf3 TCP dataplane -> dataplane: {got['bits_per_second'] / 1e9:.3f} Gb/s")
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            assert p.wait(10) == 0
+        assert "Traceback" not in (tmp_path / "ours.log").read_text()
+    finally:
+        for p in procs:
+            stop(p)
+        for n in ns:
+            run("ip", "netns", "del", n, check=False)
+        log.close()
