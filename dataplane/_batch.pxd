@@ -36,6 +36,13 @@ cdef enum:
     ST_STUN = 20
     ST_TOO_BIG = 21
     ST_CRYPTO_ERROR = 22      # the AEAD library failed (not the packet's fault)
+    ST_BAD_CHECKSUM = 23      # IP/UDP/ICMP checksum wrong
+    ST_FRAGMENT = 24          # IP fragment (not reassembled)
+    ST_CONSUMED = 25          # answered by a local responder (ICMP echo): not delivered
+    ST_BAD_MAC = 26           # handshake message with an invalid mac1
+    ST_UNDER_LOAD = 27        # handshake refused under load (answered with a cookie reply)
+    ST_RATE_LIMITED = 28      # handshake flood / per-source token bucket
+    ST_STALE = 29             # initiation with a timestamp not newer than the last one
     ST_MAX = 32               # size of per-reason counter arrays
 
 

@@ -29,6 +29,13 @@ class DropReason(IntEnum):
     STUN = 20
     TOO_BIG = 21
     CRYPTO_ERROR = 22
+    BAD_CHECKSUM = 23
+    FRAGMENT = 24
+    CONSUMED = 25
+    BAD_MAC = 26
+    UNDER_LOAD = 27
+    RATE_LIMITED = 28
+    STALE = 29
 
 STATUS_SLOTS: int
 DEFAULT_CAPACITY: int

@@ -78,6 +78,14 @@ class InputPort:
         """Hand a batch to the driver; False (and counted) if the input queue is full."""
         return self._queue.put((self.transport_id, batch))
 
+    def full(self) -> bool:
+        """Whether ``put`` would be refused right now."""
+        return self._queue.full()
+
+    def wait_for_room(self, timeout: float | None = None) -> bool:
+        """Wait until ``put`` would be accepted; False after ``timeout`` seconds."""
+        return self._queue.wait_for_room(timeout)
+
 
 @dataclass
 class UnderlayHandle:

@@ -50,6 +50,7 @@ class BatchQueue(Generic[T]):
         self._items: deque[T] = deque()
         self._cond = cond if cond is not None else threading.Condition()
         self._closed = False
+        self._room_waiters = 0
         self.dropped = 0  # items refused
         self.dropped_packets = 0  # packets inside the refused items
         self.enqueued = 0
@@ -75,18 +76,40 @@ class BatchQueue(Generic[T]):
             if not self._items and not self._closed:
                 self._cond.wait_for(lambda: self._items or self._closed, timeout)
             if self._items:
-                return self._items.popleft()
+                return self._pop_locked()
             if self._closed:
                 raise QueueClosed(self.name)
             return None
 
     def get_nowait(self) -> T | None:
         with self._cond:
-            return self._items.popleft() if self._items else None
+            return self._pop_locked()
 
     def _pop_locked(self) -> T | None:
-        # For owners that already hold the shared condition.
-        return self._items.popleft() if self._items else None
+        # For owners that already hold the (possibly shared) condition.
+        if not self._items:
+            return None
+        item = self._items.popleft()
+        if self._room_waiters:
+            self._cond.notify_all()
+        return item
+
+    def full(self) -> bool:
+        return len(self._items) >= self.maxlen
+
+    def wait_for_room(self, timeout: float | None = None) -> bool:
+        """Block until ``put`` would be accepted (or the queue closes); False on timeout.
+
+        For producers that prefer back-pressure to drops; the driver itself never waits.
+        """
+        with self._cond:
+            self._room_waiters += 1
+            try:
+                return self._cond.wait_for(
+                    lambda: self._closed or len(self._items) < self.maxlen, timeout
+                )
+            finally:
+                self._room_waiters -= 1
 
     def close(self) -> None:
         with self._cond:

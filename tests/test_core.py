@@ -240,3 +240,12 @@ def test_full_mtu_packets_cross():
     big = udp_packet(p.addr_a, p.addr_b, 1, 2, bytes(1420 - 28))
     p.send("a", [big, big], 1.0)
     assert p.delivered["b"] == [big, big]
+
+
+def test_removing_a_peer_counts_its_staged_packets():
+    p = Pair()
+    lost = [udp_packet(p.addr_a, p.addr_b, 1, 2, b"%d" % i) for i in range(3)]
+    out = p.a.process_outbound(1.0, 0, PacketBatch.from_packets(lost))  # staged, handshake sent
+    assert out.to_underlay  # the initiation
+    p.a.remove_peer(p.pa)
+    assert p.a.stats().device_drops == {"NO_SESSION": 3}

@@ -284,3 +284,23 @@ def test_batch_queue_basics():
         q.get()
     with pytest.raises(ValueError):
         BatchQueue(0)
+
+
+def test_producer_can_wait_for_room_instead_of_dropping(driver):
+    d, core = driver
+    ov = d.new_overlay_transport()
+    d.new_underlay_transport()
+    while ov.incoming.put([b"fill"]):
+        pass
+    assert ov.incoming.full() and d.input_dropped_packets == 1
+    assert not ov.incoming.wait_for_room(timeout=0.05)  # nobody drains: times out
+    waited = []
+    t = threading.Thread(
+        target=lambda: waited.append(ov.incoming.wait_for_room(timeout=5)), name="waiter"
+    )
+    t.start()
+    time.sleep(0.05)
+    d.step()  # the driver takes one batch: room for one more
+    t.join(5)
+    assert waited == [True] and not ov.incoming.full()
+    assert ov.incoming.put([b"after"])

@@ -248,8 +248,8 @@ STATUS = {
     "truncated": DropReason.TOO_SHORT,
     "bad_header": DropReason.BAD_IP,
     "not_udp": DropReason.BAD_TYPE,
-    "fragment": DropReason.BAD_IP,
-    "bad_checksum": DropReason.BAD_IP,
+    "fragment": DropReason.FRAGMENT,
+    "bad_checksum": DropReason.BAD_CHECKSUM,
 }
 
 

@@ -463,10 +463,10 @@ def test_replayed_initiation_is_dropped():
     nxt = peer(sim.b).next
     sim.now = 1.0
     b2 = sim.inject(sim.b, ("203.0.113.9", 4444), [init])  # replayed by an attacker
-    assert b2.status_of(0) == DropReason.REPLAY
+    assert b2.status_of(0) == DropReason.STALE
     assert peer(sim.b).next is nxt  # state untouched
     assert peer(sim.b).endpoint == A_EP  # and no roaming to the attacker
-    assert sim.b.dev.drops[DropReason.REPLAY] == 1
+    assert sim.b.dev.drops[DropReason.STALE] == 1
     assert sim.b.dev.events["initiation_stale_timestamp"] == 1
     assert sim.types("b").count(2) == 1
 
@@ -476,7 +476,7 @@ def test_stale_initiation_after_a_newer_one_is_dropped():
     old, new = _capture_initiations(sim, until=6.0)
     assert new != old
     assert sim.inject(sim.b, A_EP, [new]).status_of(0) == DropReason.HANDSHAKE
-    assert sim.inject(sim.b, A_EP, [old]).status_of(0) == DropReason.REPLAY
+    assert sim.inject(sim.b, A_EP, [old]).status_of(0) == DropReason.STALE
 
 
 def test_initiations_faster_than_20ms_per_peer_are_dropped():
@@ -485,7 +485,7 @@ def test_initiations_faster_than_20ms_per_peer_are_dropped():
     sim.now = 10.0
     assert sim.inject(sim.b, A_EP, [i1]).status_of(0) == DropReason.HANDSHAKE
     sim.now = 10.01
-    assert sim.inject(sim.b, A_EP, [i2]).status_of(0) == DropReason.QUEUE_FULL
+    assert sim.inject(sim.b, A_EP, [i2]).status_of(0) == DropReason.RATE_LIMITED
     assert sim.b.dev.events["initiation_flood"] == 1
     sim.now = 10.05  # the flood check did not consume the timestamp: i2 is still fresh
     assert sim.inject(sim.b, A_EP, [i2]).status_of(0) == DropReason.HANDSHAKE
@@ -506,7 +506,7 @@ def test_initiation_flood_under_load_is_rate_limited_per_source():
     batch = sim.inject(sim.b, ("198.51.100.7", 9999), msgs)
     statuses = [batch.status_of(i) for i in range(len(msgs))]
     # Under load and without mac2, B answers with cookie replies instead of doing DH.
-    assert statuses.count(DropReason.QUEUE_FULL) >= 36
+    assert statuses.count(DropReason.UNDER_LOAD) >= 36
     assert sim.b.dev.events["cookie_reply_sent"] >= 36
     replies = [pkt for (_, s, d, ty, pkt) in sim.log if s == "b" and ty == 3]
     assert len(replies) == sim.b.dev.events["cookie_reply_sent"]
@@ -659,7 +659,7 @@ def test_initiation_with_mac1_for_old_key_is_dropped():
     batch = PacketBatch.from_packets([init])
     batch.fill_endpoint(A_EP)
     other.receive(0.0, batch)
-    assert batch.status_of(0) == DropReason.BAD_TAG
+    assert batch.status_of(0) == DropReason.BAD_MAC
     assert other.events["invalid_mac1"] == 1
 
 

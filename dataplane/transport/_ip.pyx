@@ -51,6 +51,8 @@ from dataplane._batch cimport (
     PacketBatch,
     ST_BAD_IP,
     ST_BAD_TYPE,
+    ST_FRAGMENT,
+    ST_BAD_CHECKSUM,
     ST_NO_ROOM,
     ST_OK,
     ST_TOO_BIG,
@@ -92,9 +94,9 @@ cdef uint8_t[12] _MAPPED = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF]
 _MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
 _ZERO12 = b"\x00" * 12
 
-# Per-verdict batch status (the closest ST_* reason; see the report for finer ones).
+# Per-verdict batch status.
 cdef uint8_t[7] _STATUS_OF = [ST_OK, ST_OK, ST_TOO_SHORT, ST_BAD_IP, ST_BAD_TYPE,
-                              ST_BAD_IP, ST_BAD_IP]
+                              ST_FRAGMENT, ST_BAD_CHECKSUM]
 
 
 # -- byte helpers -----------------------------------------------------------------------

@@ -475,17 +475,10 @@ class OverlayNetwork:
         if alive < n:
             self._drop("build_failed", n - alive)
         port = self.handle.incoming
-        if block:
+        if block and port.full() and not self._closed:
             # The driver is behind: wait for it (bounded) rather than drop what the
-            # application handed us; the sender backlog then blocks sendto in turn. The
-            # queue has no "space available" signal (see the report), hence short sleeps;
-            # its fill level is checked first so that waiting is not counted as drops.
-            q = port._queue
-            deadline = time.monotonic() + SEND_BLOCK_TIMEOUT
-            pause = 0.0001
-            while len(q) >= q.maxlen and not self._closed and time.monotonic() < deadline:
-                time.sleep(pause)
-                pause = min(pause * 2, 0.005)
+            # application handed us; the sender backlog then blocks sendto in turn.
+            port.wait_for_room(SEND_BLOCK_TIMEOUT)
         ok = port.put(batch)
         if ok:
             self._count("tx_packets", alive)
@@ -582,7 +575,7 @@ class OverlayNetwork:
             for i in turned:
                 if len(batch[i]) <= replies.max_packet:
                     replies.append(batch[i])
-                batch.set_status(i, DropReason.BAD_TYPE)  # consumed here, not UDP
+                batch.set_status(i, DropReason.CONSUMED)  # answered here, not UDP
             self._count("echo_requests_answered", len(replies))
             self._put(replies, len(replies))
 

@@ -287,6 +287,9 @@ class Device:
 
     def remove_peer(self, peer_id: int) -> None:
         peer = self._peer(peer_id)
+        # Packets still waiting for a session die with the peer; count them.
+        self._count(DropReason.NO_SESSION, len(peer.staged), "peer_removed")
+        peer.staged.clear()
         self._wipe(peer)
         for name in list(peer.timers):
             self._del_timer(peer, name)
@@ -560,12 +563,12 @@ class Device:
         peer = self._by_key[st.remote_static]
         timestamp = st.payload
         if peer.last_timestamp is not None and timestamp <= peer.last_timestamp:
-            return self._drop_cause(DropReason.REPLAY, "initiation_stale_timestamp")
+            return self._drop_cause(DropReason.STALE, "initiation_stale_timestamp")
         if (
             peer.last_initiation_consumed is not None
             and now - peer.last_initiation_consumed < HANDSHAKE_INITIATION_RATE
         ):
-            return self._drop_cause(DropReason.QUEUE_FULL, "initiation_flood")
+            return self._drop_cause(DropReason.RATE_LIMITED, "initiation_flood")
         peer.last_timestamp = timestamp
         peer.last_initiation_consumed = now
         self._roam(peer, src)
@@ -684,7 +687,7 @@ class Device:
             return self._consume_cookie_reply(msg, now)
         under_load = self.load_monitor.observe(now)
         if not self.cookie_checker.check_mac1(msg):
-            return self._drop_cause(DropReason.BAD_TAG, "invalid_mac1")
+            return self._drop_cause(DropReason.BAD_MAC, "invalid_mac1")
         if under_load:
             src_b = source_bytes(src)
             if not self.cookie_checker.check_mac2(msg, src_b, now):
@@ -692,9 +695,9 @@ class Device:
                 reply = self.cookie_checker.create_reply(msg, sender, src_b, now)
                 out.control(None, src, reply)
                 self.events["cookie_reply_sent"] += 1
-                return self._drop_cause(DropReason.QUEUE_FULL, "under_load_no_mac2")
+                return self._drop_cause(DropReason.UNDER_LOAD, "under_load_no_mac2")
             if not self.rate_limiter.allow(src_b[:-2], now):
-                return self._drop_cause(DropReason.QUEUE_FULL, "rate_limited")
+                return self._drop_cause(DropReason.RATE_LIMITED, "rate_limited")
         if kind == MESSAGE_INITIATION:
             return self._consume_initiation(msg, src, now, out)
         assert kind == MESSAGE_RESPONSE
