@@ -37,7 +37,8 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -58,7 +59,7 @@ from dataplane.wireguard.device import ConfigError, Device, Transmit
 from dataplane.wireguard.keys import PresharedKey, PrivateKey, PublicKey
 from dataplane.wireguard.peer import PeerStats
 
-__all__ = ["ConfigError", "CoreStats", "DataPlane"]
+__all__ = ["ConfigError", "CoreStats", "DataPlane", "PeerConfig"]
 
 PEER_EXPIRATION = 45.0
 """A peer with no outgoing data for this long leaves the active set (reference: 45 s)."""
@@ -97,6 +98,19 @@ def _address(addr: object) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
         return ipaddress.ip_interface(text).ip if "/" in text else ipaddress.ip_address(text)
     except ValueError as e:
         raise ConfigError(f"bad address {addr!r}: {e}") from None
+
+
+@dataclass
+class PeerConfig:
+    """A peer's configuration as the core holds it."""
+
+    peer_id: int
+    public_key: PublicKey
+    psk: PresharedKey | None
+    endpoint: Endpoint | None
+    persistent_keepalive: float | None
+    allowed_ips: list[ipaddress.IPv4Network | ipaddress.IPv6Network]
+    underlay: int
 
 
 @dataclass
@@ -146,12 +160,54 @@ class DataPlane:
         self._last_out: dict[int, float] = {}
         self._active: frozenset[int] = frozenset()
         self._gc_at: float | None = None
+        self._deferring = 0
+        self._dirty = False
 
     # -- configuration ---------------------------------------------------------------------
 
     @property
     def public_key(self) -> PublicKey:
         return self.device.public_key
+
+    @property
+    def private_key(self) -> PrivateKey:
+        return self.device.private_key
+
+    def set_private_key(self, private_key: PrivateKey) -> None:
+        """Change our static key; every session is dropped and peers re-handshake."""
+        self.device.set_private_key(private_key)
+
+    @contextmanager
+    def configure(self) -> Iterator[DataPlane]:
+        """Make many changes with one table rebuild at the end (e.g. a whole ``wg setconf``).
+
+        Routing tables are rebuilt once when the outermost block exits, even if it raises
+        (the changes made up to then are in force, as without the block).
+        """
+        self._deferring += 1
+        try:
+            yield self
+        finally:
+            self._deferring -= 1
+            if not self._deferring and self._dirty:
+                self._rebuild()
+
+    def peer_config(self, peer_id: int) -> PeerConfig:
+        """What a peer is configured with (not its counters: see ``stats``)."""
+        peer = self.device._peer(peer_id)
+        psk = None if peer.psk == PresharedKey.zero() else peer.psk
+        return PeerConfig(
+            peer_id=peer_id,
+            public_key=peer.public_key,
+            psk=psk,
+            endpoint=peer.endpoint,
+            persistent_keepalive=peer.persistent_keepalive,
+            allowed_ips=list(self._allowed[peer_id]),
+            underlay=self._underlay_of.get(peer_id, 0),
+        )
+
+    def peer_id_of(self, public_key: PublicKey) -> int | None:
+        return self.device.peer_id(public_key)
 
     def add_peer(
         self,
@@ -271,6 +327,10 @@ class DataPlane:
             self.packet_filter.update(rules, caps=caps)
 
     def _rebuild(self) -> None:
+        if self._deferring:
+            self._dirty = True
+            return
+        self._dirty = False
         # Build everything first, then swap: a failure leaves the old tables in force.
         out_table = build_outbound_table(
             self._allowed,

@@ -644,25 +644,15 @@ class Interface:
 
 @contextmanager
 def _one_rebuild(core: DataPlane) -> Iterator[None]:
-    """Rebuild the core's routing tables once for a whole request instead of per peer.
-
-    A stopgap until the core offers a batch configuration call: ``add_peer`` and
-    ``update_peer`` rebuild every table from every prefix, which made ``wg setconf`` of
-    1000 peers take over a minute. Only used under the driver lock, so no packet sees the
-    tables between the peer changes and the single rebuild at the end.
-    """
-    rebuild = getattr(core, "_rebuild", None)
-    if rebuild is None:
+    """Rebuild the core's routing tables once for a whole request instead of per peer
+    (``wg setconf`` of 1000 peers); used under the driver lock, so no packet sees the
+    tables between the peer changes and the rebuild at the end."""
+    configure = getattr(core, "configure", None)
+    if configure is None:  # an inert slot without a core
         yield
         return
-    wanted: list[bool] = []
-    core._rebuild = lambda: wanted.append(True)  # type: ignore[method-assign]
-    try:
+    with configure():
         yield
-    finally:
-        del core._rebuild
-        if wanted:
-            rebuild()
 
 
 def _unix_time(wall: float | None) -> tuple[int, int]:

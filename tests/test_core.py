@@ -249,3 +249,42 @@ def test_removing_a_peer_counts_its_staged_packets():
     assert out.to_underlay  # the initiation
     p.a.remove_peer(p.pa)
     assert p.a.stats().device_drops == {"NO_SESSION": 3}
+
+
+def test_configure_rebuilds_once_and_peer_config_reads_back():
+    p = Pair()
+    rebuilds = []
+    real = p.a._rebuild
+
+    def counting() -> None:
+        rebuilds.append(p.a._deferring)
+        real()
+
+    p.a._rebuild = counting  # type: ignore[method-assign]
+    keys = [PrivateKey.generate().public_key for _ in range(20)]
+    with p.a.configure() as core:
+        ids = [
+            core.add_peer(k, allowed_ips=[f"10.5.{i}.0/24"], endpoint=("192.0.2.9", 1000 + i))
+            for i, k in enumerate(keys)
+        ]
+    assert len([r for r in rebuilds if r == 0]) == 1
+    cfg = p.a.peer_config(ids[3])
+    assert cfg.public_key == keys[3] and cfg.endpoint == ("192.0.2.9", 1003)
+    assert [str(n) for n in cfg.allowed_ips] == ["10.5.3.0/24"] and cfg.psk is None
+    assert p.a.peer_id_of(keys[3]) == ids[3]
+    # the single rebuild made all 20 routes live
+    out = p.a.process_outbound(
+        1.0, 0, PacketBatch.from_packets([udp_packet("10.0.0.1", "10.5.7.9", 1, 2, b"x")])
+    )
+    assert list(out.to_underlay) == [(0, ("192.0.2.9", 1007))]
+
+
+def test_private_key_change_keeps_peers_and_drops_sessions():
+    p = Pair()
+    p.send("a", [udp_packet(p.addr_a, p.addr_b, 1, 2, b"x")], 1.0)
+    assert p.a.stats().peers[p.pa].has_session
+    new = PrivateKey.generate()
+    p.a.set_private_key(new)
+    assert p.a.public_key == new.public_key and p.a.private_key == new
+    assert not p.a.stats().peers[p.pa].has_session
+    assert p.a.peer_ids() == [p.pa]
