@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 from conftest import skip_or_fail
+from icmp_ping import ping_cmd
 
 from dataplane.wireguard.keys import PresharedKey, PrivateKey
 
@@ -198,7 +199,7 @@ def dump(name: str) -> list[list[str]]:
 def lab(tmp_path_factory):
     if os.geteuid() != 0:
         skip_or_fail("end-to-end interface test needs root")
-    for tool in ("ip", "wg", "wireguard-go", "ping"):
+    for tool in ("ip", "wg", "wireguard-go"):
         if shutil.which(tool) is None:
             skip_or_fail(f"{tool} is not installed")
     if not os.path.exists("/dev/net/tun"):
@@ -215,7 +216,7 @@ def lab(tmp_path_factory):
 
 
 def ping(lab: Lab, ns: str, target: str, count: int = 3) -> None:
-    r = in_ns(ns, "ping", "-c", str(count), "-i", "0.2", "-W", "3", target, check=False)
+    r = run(*ping_cmd(ns, target, count), check=False)
     assert r.returncode == 0, r.stdout + r.stderr + lab.logs()
 
 
@@ -226,9 +227,7 @@ def test_ping_both_ways_ipv4_and_ipv6(lab):
     ping(lab, NS_US, GO6)
     ping(lab, NS_GO, US6)
     # Large packets at the interface MTU in both directions (no fragmentation inside).
-    size = str(MTU - 28)
-    r = in_ns(NS_US, "ping", "-c", "2", "-i", "0.2", "-W", "3", "-M", "do", "-s", size, GO4,
-              check=False)  # fmt: skip
+    r = run(*ping_cmd(NS_US, GO4, 2, size=MTU - 28, df=True), check=False)
     assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -420,7 +419,7 @@ def test_both_ends_ours(tmp_path):
     """Two `dataplane up` instances in two namespaces carry ping (v4, v6) and iperf3."""
     if os.geteuid() != 0:
         skip_or_fail("end-to-end interface test needs root")
-    for tool in ("ip", "ping", "iperf3"):
+    for tool in ("ip", "iperf3"):
         if shutil.which(tool) is None:
             skip_or_fail(f"{tool} is not installed")
     ns = (f"dpe2a{TAG}", f"dpe2b{TAG}")
@@ -459,7 +458,7 @@ def test_both_ends_ours(tmp_path):
             sock = f"{SOCK_DIR}/{names[i]}.sock"
             wait_for(lambda p=sock: os.path.exists(p), 15, "dataplane up", procs[-1])
         for src, dst in ((0, "10.99.0.2"), (1, "10.99.0.1"), (0, "fd99::2"), (1, "fd99::1")):
-            r = in_ns(ns[src], "ping", "-c", "3", "-i", "0.2", "-W", "3", dst, check=False)
+            r = run(*ping_cmd(ns[src], dst), check=False)
             assert r.returncode == 0, r.stdout + (tmp_path / "ours.log").read_text()
         got = iperf(ns[1], ns[0], "10.99.0.2", IPERF_SECONDS)
         assert got["bytes"] > 1_000_000
