@@ -294,3 +294,26 @@ def test_errors_are_one_line_and_clear(netns, tmp_path):
     )
     assert "run as root" in r.stdout, r.stdout + r.stderr
     assert len(r.stdout.strip().splitlines()) == 1
+
+
+def test_attaches_to_a_persistent_tun_and_leaves_it(netns):
+    run("ip", "-n", netns, "tuntap", "add", "mode", "tun", "name", "dptunp")
+    try:
+        with inside(netns):
+            dev = TunDevice("dptunp", mtu=1300)
+        assert dev.existed
+        try:
+            show = run("ip", "-n", netns, "link", "show", "dptunp").stdout
+            assert "mtu 1300" in show and "qlen 1000" in show
+            with inside(netns):
+                dev.add_addresses([f"{LOCAL4}/24"])
+                dev.set_up()
+            dev.write_batch(PacketBatch.from_packets([echo(PEER4, LOCAL4, 9)]))
+            replies, _ = read_replies(dev, 1)
+            assert [parse_echo(p)[3] for p in replies] == [9]
+        finally:
+            dev.close()
+        # Closing detaches; a persistent interface outlives us, as `ip tuntap` made it.
+        assert "dptunp" in run("ip", "-n", netns, "link", "show").stdout
+    finally:
+        run("ip", "-n", netns, "link", "del", "dptunp", check=False)
