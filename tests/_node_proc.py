@@ -180,13 +180,19 @@ class Sink:
             }
 
 
-def _blast(send, addr: tuple[str, int], n: int, size: int) -> dict:
+def _blast(send, addr: tuple[str, int], n: int, size: int, limit: float = 20.0) -> dict:
+    """Send n numbered datagrams back to back, stopping early after ``limit`` seconds."""
     payload = bytearray(max(size, SEQ.size))
     t0 = time.monotonic()
+    end = t0 + limit
+    sent = 0
     for i in range(n):
         SEQ.pack_into(payload, 0, i)
         send(payload, addr)
-    return {"sent": n, "t0": t0, "t1": time.monotonic()}
+        sent += 1
+        if not i & 1023 and time.monotonic() > end:
+            break
+    return {"sent": sent, "t0": t0, "t1": time.monotonic()}
 
 
 class OverlayNode:
@@ -217,7 +223,7 @@ class OverlayNode:
         self.stop = threading.Event()
         self.sink = Sink()
         self.echo_sock = self.net.udp_socket(args.echo_port)
-        self.sink_sock = self.net.udp_socket(args.sink_port)
+        self.sink_sock = self.net.udp_socket(args.sink_port, recv_queue=args.sink_queue)
         self.client = self.net.udp_socket()
         self.threads = [
             threading.Thread(target=self._echo_loop, name="node-echo", daemon=True),
@@ -399,6 +405,7 @@ def main() -> int:
     p.add_argument("--keepalive", type=float, default=None)
     p.add_argument("--echo-port", type=int, default=7)
     p.add_argument("--sink-port", type=int, default=9)
+    p.add_argument("--sink-queue", type=int, default=1024, help="sink receive queue depth")
     args = p.parse_args()
     node = PlainNode(args) if args.plain else OverlayNode(args)
     out = sys.stdout
