@@ -29,12 +29,19 @@ RECOVERY_BOUND = 30.0  # seconds; KEEPALIVE_TIMEOUT + REKEY_TIMEOUT = 15 s plus 
 
 
 class Pair:
-    def __init__(self, tmp_path) -> None:
+    def __init__(self, tmp_path, relay: bool = False) -> None:
         self.tmp = tmp_path
         self.key_a, self.key_b = PrivateKey.generate(), PrivateKey.generate()
         self.nodes: list[NodeProcess] = []
-        self.a = self.start_a()
-        self.b = self.start_b()
+        self.relay: Relay | None = None
+        try:
+            self.a = self.start_a()
+            if relay:
+                self.relay = Relay(self.a.port)
+            self.b = self.start_b(endpoint=self.relay.port if self.relay else None)
+        except BaseException:
+            self.close()
+            raise
 
     def _start(self, name: str, args: list[str]) -> NodeProcess:
         node = NodeProcess(args, self.tmp / f"{name}-{len(self.nodes)}.log")
@@ -53,7 +60,7 @@ class Pair:
             ],
         )  # fmt: skip
 
-    def start_b(self, port: int = 0) -> NodeProcess:
+    def start_b(self, port: int = 0, endpoint: int | None = None) -> NodeProcess:
         return self._start(
             "b",
             [
@@ -62,13 +69,15 @@ class Pair:
                 "--addr", ADDR_B,
                 "--peer-key", self.key_a.public_key.to_base64(),
                 "--peer-allowed", f"{ADDR_A}/32",
-                "--peer-endpoint", f"127.0.0.1:{self.a.port}",
+                "--peer-endpoint", f"127.0.0.1:{endpoint or self.a.port}",
             ],
         )  # fmt: skip
 
     def close(self) -> None:
         for n in self.nodes:
             n.close()
+        if self.relay is not None:
+            self.relay.close()
 
 
 @pytest.fixture
@@ -101,8 +110,7 @@ def probes(sender: NodeProcess, receiver: NodeProcess, addr: str, start: int, n:
 
 
 def test_datagrams_and_pings_both_ways(pair):
-    first = reach(pair.b, ADDR_A)  # includes B's handshake with A
-    assert first["elapsed"] < 5
+    reach(pair.b, ADDR_A)  # the first echo waits for B's handshake with A
     got = probes(pair.b, pair.a, ADDR_A, 0, 300)
     assert got["distinct"] == 300 and got["count"] == 300 and got["max_seq"] == 299
     # A never had B's endpoint configured: it learned it from the handshake.
@@ -126,8 +134,7 @@ def test_killed_client_restarts_with_same_key_on_new_port(pair):
     pair.b.kill()
     b2 = pair.start_b()
     assert b2.port != old_port
-    r = reach(b2, ADDR_A, RECOVERY_BOUND)
-    assert r["elapsed"] < RECOVERY_BOUND
+    reach(b2, ADDR_A, RECOVERY_BOUND)
     # A took the new endpoint from the authenticated handshake and answers there.
     assert pair.a.cmd("stats")["peer"]["endpoint"] == ["127.0.0.1", b2.port]
     got = probes(pair.a, b2, ADDR_B, 0, 200)
@@ -144,8 +151,7 @@ def test_killed_server_restarts_on_same_port_and_timers_recover(pair):
     pair.a.kill()
     a2 = pair.start_a(port)
     assert a2.port == port
-    r = reach(pair.b, ADDR_A, RECOVERY_BOUND)
-    assert r["elapsed"] < RECOVERY_BOUND
+    reach(pair.b, ADDR_A, RECOVERY_BOUND)
     st_b = pair.b.cmd("stats")
     assert st_b["peer"]["handshake_initiations"] >= 2
     # Data B sent with the dead session was refused by A2 and counted, not delivered.
@@ -163,8 +169,7 @@ def test_roaming_to_a_new_udp_port_keeps_the_session(pair):
     new_port = pair.b.cmd("rebind 127.0.0.1:0")["port"]
     assert new_port != old_port
     # B's next authenticated packet tells A where B lives now; the echo comes back there.
-    r = reach(pair.b, ADDR_A, 5)
-    assert r["attempts"] <= 2
+    reach(pair.b, ADDR_A, 5)
     assert pair.a.cmd("stats")["peer"]["endpoint"] == ["127.0.0.1", new_port]
     assert probes(pair.a, pair.b, ADDR_B, 100, 200)["distinct"] == 300
     assert probes(pair.b, pair.a, ADDR_A, 0, 200)["distinct"] == 200
@@ -255,6 +260,84 @@ def test_random_datagrams_do_not_disturb_an_established_session(pair):
     oversized = sum(len(d) > 1456 for d in junk)
     assert st1["udp_rx_truncated"] - st0["udp_rx_truncated"] == oversized
     assert not st1["errors"]
+
+
+class Relay:
+    """A UDP hop between B and A that records what B sends: an on-path observer whose
+    captures an attacker can replay from elsewhere."""
+
+    def __init__(self, a_port: int) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)
+        self.port = self.sock.getsockname()[1]
+        self.a = ("127.0.0.1", a_port)
+        self.b: tuple[str, int] | None = None
+        self.captured: list[bytes] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="relay")
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while not self.stop.is_set():
+            try:
+                data, src = self.sock.recvfrom(2048)
+            except TimeoutError:
+                continue
+            if src == self.a:
+                if self.b is not None:
+                    self.sock.sendto(data, self.b)
+            else:
+                self.b = src
+                self.captured.append(data)
+                self.sock.sendto(data, self.a)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.sock.close()
+
+
+def test_replayed_datagrams_from_elsewhere_are_refused_and_do_not_roam(tmp_path):
+    """Everything B sent (handshake initiation and transport data), captured on the path
+    and replayed from another address: no duplicate delivery, no new session, and A keeps
+    sending to B's real endpoint (a replay is not an authenticated packet of B's)."""
+    p = Pair(tmp_path, relay=True)
+    try:
+        assert p.relay is not None
+        reach(p.b, ADDR_A)
+        assert probes(p.b, p.a, ADDR_A, 0, 100)["distinct"] == 100
+        st0 = p.a.cmd("stats")
+        assert st0["peer"]["endpoint"] == ["127.0.0.1", p.relay.port]
+        captured = list(p.relay.captured)
+        assert captured[0][0] == 1 and len(captured) >= 101  # initiation, then data
+
+        attacker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            for _ in range(3):
+                for d in captured:
+                    attacker.sendto(d, ("127.0.0.1", p.a.port))
+        finally:
+            attacker.close()
+        replayed = 3 * len(captured)
+        end = time.monotonic() + 5
+        while time.monotonic() < end:  # until A has seen (and dropped) every replay
+            st1 = p.a.cmd("stats")
+            if _total_drops(st1) - _total_drops(st0) >= replayed:
+                break
+            time.sleep(0.05)
+
+        sink = p.a.cmd("sink")
+        assert sink["count"] == 100 and sink["distinct"] == 100  # nothing delivered twice
+        assert st1["peer"]["endpoint"] == ["127.0.0.1", p.relay.port]
+        assert st1["peer"]["last_handshake"] == st0["peer"]["last_handshake"]
+        assert st1["device_events"].get("roamed", 0) == st0["device_events"].get("roamed", 0)
+        assert _total_drops(st1) - _total_drops(st0) == replayed, st1["device_drops"]
+        # The session carries on in both directions, through the relay.
+        assert probes(p.a, p.b, ADDR_B, 0, 100)["distinct"] == 100
+        assert probes(p.b, p.a, ADDR_A, 100, 100)["distinct"] == 200
+    finally:
+        p.close()
 
 
 def _kernel_drops(port: int) -> int:
