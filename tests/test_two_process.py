@@ -348,3 +348,39 @@ def _kernel_drops(port: int) -> int:
             if int(fields[1].split(":")[1], 16) == port:
                 return int(fields[-1])
     raise AssertionError(f"no UDP socket on port {port}")
+
+
+@pytest.mark.parametrize(
+    ("bind_a", "bind_b", "a_host"),
+    [("[::1]:0", "[::1]:0", "[::1]"), ("[::]:0", "127.0.0.1:0", "127.0.0.1")],
+    ids=["ipv6-loopback", "dual-stack-server"],
+)
+def test_ipv6_underlay_and_overlay(tmp_path, bind_a, bind_b, a_host):
+    key_a, key_b = PrivateKey.generate(), PrivateKey.generate()
+    nodes: list[NodeProcess] = []
+    try:
+        a = NodeProcess(
+            ["--key", key_a.to_base64(), "--bind", bind_a, "--addr", "fd88::1",
+             "--addr", ADDR_A, "--peer-key", key_b.public_key.to_base64(),
+             "--peer-allowed", f"fd88::2/128,{ADDR_B}/32"],
+            tmp_path / "a.log",
+        )  # fmt: skip
+        nodes.append(a)
+        b = NodeProcess(
+            ["--key", key_b.to_base64(), "--bind", bind_b, "--addr", "fd88::2",
+             "--addr", ADDR_B, "--peer-key", key_a.public_key.to_base64(),
+             "--peer-allowed", f"fd88::1/128,{ADDR_A}/32",
+             "--peer-endpoint", f"{a_host}:{a.port}"],
+            tmp_path / "b.log",
+        )  # fmt: skip
+        nodes.append(b)
+        reach(b, "fd88::1")
+        assert probes(a, b, "fd88::2", 0, 100, size=1372)["distinct"] == 100  # MTU - 48
+        assert probes(b, a, ADDR_A, 0, 100)["distinct"] == 100
+        assert a.cmd("ping fd88::2 5")["ok"]
+        # A's endpoint for B is B's source as A's socket saw it (plain IPv4 on dual-stack).
+        want_host = "::1" if a_host == "[::1]" else "127.0.0.1"
+        assert a.cmd("stats")["peer"]["endpoint"] == [want_host, b.port]
+    finally:
+        for n in nodes:
+            n.close()
