@@ -384,3 +384,41 @@ def test_ipv6_underlay_and_overlay(tmp_path, bind_a, bind_b, a_host):
     finally:
         for n in nodes:
             n.close()
+
+
+def test_handshake_completes_through_a_flood_of_bogus_initiations(pair):
+    """Junk initiations put A under load (as wireguard-go's handshake queue would be), so
+    A answers B's real initiation with a cookie reply instead of a session; B's retry after
+    REKEY_TIMEOUT carries mac2 for that cookie and is accepted, flood or not."""
+    stop = threading.Event()
+    sent = [0]
+
+    def flood() -> None:
+        rng = random.Random(7)
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            end = time.monotonic() + 25
+            while not stop.is_set() and time.monotonic() < end:
+                for _ in range(20):
+                    s.sendto(b"\x01\0\0\0" + rng.randbytes(144), ("127.0.0.1", pair.a.port))
+                    sent[0] += 1
+                time.sleep(0.02)  # ~1000/s: far above the 128/s A spends on handshakes
+        finally:
+            s.close()
+
+    t = threading.Thread(target=flood, name="initiation-flood")
+    t.start()
+    try:
+        time.sleep(0.5)
+        reach(pair.b, ADDR_A, RECOVERY_BOUND)
+    finally:
+        stop.set()
+        t.join(10)
+    assert not t.is_alive()
+    st_a, st_b = pair.a.cmd("stats"), pair.b.cmd("stats")
+    assert st_a["device_events"].get("cookie_reply_sent", 0) >= 1, st_a["device_events"]
+    assert st_a["device_drops"].get("UNDER_LOAD", 0) >= 1
+    assert st_b["device_events"].get("cookie_received", 0) >= 1, st_b["device_events"]
+    assert st_b["peer"]["handshake_initiations"] >= 2
+    assert st_a["peer"]["has_session"] and st_b["peer"]["has_session"]
+    assert probes(pair.a, pair.b, ADDR_B, 0, 100)["distinct"] == 100
