@@ -285,12 +285,13 @@ class OverlayNode:
     def cmd_probe(self, addr: str, port: str, start: str, n: str, size: str, gap: str) -> dict:
         payload = bytearray(max(int(size), SEQ.size))
         pause = float(gap)
+        t0 = time.monotonic()
         for i in range(int(start), int(start) + int(n)):
             SEQ.pack_into(payload, 0, i)
             self.client.sendto(payload, (addr, int(port)))
             if pause:
                 time.sleep(pause)
-        return {"sent": int(n)}
+        return {"sent": int(n), "t0": t0, "t1": time.monotonic()}
 
     def cmd_blast(self, addr: str, port: str, n: str, size: str) -> dict:
         return _blast(self.client.sendto, (addr, int(port)), int(n), int(size))
