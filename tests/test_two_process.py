@@ -178,12 +178,25 @@ def test_roaming_to_a_new_udp_port_keeps_the_session(pair):
     # Same session throughout: roaming needs no handshake.
     st_b = pair.b.cmd("stats")
     assert st_b["peer"]["handshake_initiations"] == inits
-    # And back to a second new port, with A sending first this time: A's packets go to
-    # the port B left until B speaks, then follow it.
+    # A second move, with A sending first this time: A's packets go to the port B left
+    # (and are lost) until B speaks; then they follow B.
     newer = pair.b.cmd("rebind 127.0.0.1:0")["port"]
+    pair.a.cmd(f"probe {ADDR_B} {SINK} 300 20 100 0")
     assert pair.b.cmd(f"ping {ADDR_A} 5")["ok"]
+    # (A sent those 20 before B's ping reached it, to a closed port: gone for good.)
+    assert pair.b.cmd("sink")["distinct"] == 300
     assert pair.a.cmd("stats")["peer"]["endpoint"] == ["127.0.0.1", newer]
-    assert probes(pair.a, pair.b, ADDR_B, 300, 100)["distinct"] == 400
+    assert probes(pair.a, pair.b, ADDR_B, 400, 100)["distinct"] == 400  # 300..319 lost
+    # The server side moves too: A learned B's endpoint, B learns A's the same way.
+    a_port = pair.a.cmd("rebind 127.0.0.1:0")["port"]
+    assert pair.a.cmd(f"ping {ADDR_B} 5")["ok"]
+    assert pair.b.cmd("stats")["peer"]["endpoint"] == ["127.0.0.1", a_port]
+    assert probes(pair.b, pair.a, ADDR_A, 200, 100)["distinct"] == 300
+    for node in (pair.a, pair.b):
+        st = node.cmd("stats")
+        assert st["peer"]["handshake_initiations"] == (inits if node is pair.b else 0)
+        assert st["device_events"].get("roamed", 0) >= 1
+        assert not st["errors"]
 
 
 def _junk(rng: random.Random) -> bytes:
