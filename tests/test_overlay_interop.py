@@ -134,10 +134,13 @@ class Lab:
         if line.strip() != "ready":
             raise RuntimeError(f"echo server did not start: {line!r}")
 
-        self.node = NodeProcess(
+        self.node = self.start_node(US_UNDERLAY[1])
+
+    def start_node(self, port: int) -> NodeProcess:
+        return NodeProcess(
             [
                 "--key", self.our_key.to_base64(),
-                "--bind", f"{US_UNDERLAY[0]}:{US_UNDERLAY[1]}",
+                "--bind", f"{US_UNDERLAY[0]}:{port}",
                 "--addr", US4, "--addr", US6,
                 "--peer-key", self.wg_key.public_key.to_base64(),
                 "--peer-allowed", f"{WG4}/24,{WG6}/64",
@@ -145,7 +148,7 @@ class Lab:
                 "--psk", self.psk.to_base64(),
                 "--echo-port", str(ECHO), "--sink-port", str(SINK),
             ],
-            self.tmp / "node.log",
+            self.tmp / f"node-{port}.log",
             prefix=("ip", "netns", "exec", self.ns_us),
         )  # fmt: skip
 
@@ -227,3 +230,29 @@ def test_overlay_socket_round_trips_with_wireguard_go(lab):
     assert peer[0] == lab.our_key.public_key.to_base64()
     assert peer[2] == f"{US_UNDERLAY[0]}:{US_UNDERLAY[1]}"
     assert int(peer[4]) > 0 and int(peer[5]) > 0 and int(peer[6]) > 0
+
+
+def test_restart_and_roaming_against_wireguard_go(lab):
+    """wireguard-go accepts a new handshake from our restarted node (same key, SIGKILLed
+    before), and follows our node to a new UDP port without a handshake."""
+    node = lab.node
+    assert node is not None
+    assert node.cmd(f"ping {WG4} 10")["ok"], lab.diagnose()
+    node.kill()
+    lab.node = node = lab.start_node(US_UNDERLAY[1])
+    assert node.cmd(f"reach {WG4} {ECHO} 10", timeout=20)["ok"], lab.diagnose()
+    assert node.cmd("stats")["peer"]["handshake_initiations"] == 1
+    handshake = lab.dump()[1][4]
+
+    new_port = node.cmd(f"rebind {US_UNDERLAY[0]}:{US_UNDERLAY[1] + 1}")["port"]
+    assert new_port == US_UNDERLAY[1] + 1
+    assert node.cmd(f"reach {WG6} {ECHO} 10", timeout=20)["ok"], lab.diagnose()
+    peer = lab.dump()[1]
+    assert peer[2] == f"{US_UNDERLAY[0]}:{new_port}"  # wireguard-go roamed with us
+    assert peer[4] == handshake  # same session
+    lab.send_from_kernel(US4, 20)  # and its kernel side reaches us at the new port
+    end = time.monotonic() + 5
+    while (got := node.cmd("sink"))["distinct"] < 20 and time.monotonic() < end:
+        time.sleep(0.05)
+    assert got["distinct"] == 20, (got, lab.diagnose())
+    assert node.cmd("stats")["peer"]["handshake_initiations"] == 1
