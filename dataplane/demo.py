@@ -197,6 +197,7 @@ def _print_drops(*nodes: Node) -> None:
             "driver.queue_full": n.driver.stats.dropped_queue_full_packets,
             "driver.input_full": n.driver.input_dropped_packets,
             **{f"udp.{k}": v for k, v in n.udp.socket.errors.items()},
+            "udp.truncated": n.udp.socket.io.rx_truncated,
             **{f"overlay.{k}": v for k, v in n.net.drops.items()},
         }
         nonzero = {k: v for k, v in counters.items() if v}
