@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from dataplane.queues import DEFAULT_DEPTH, BatchQueue
@@ -98,6 +98,15 @@ class UnderlayHandle:
     id: int
     outgoing: BatchQueue[tuple[Endpoint, Any]]
     incoming: InputPort
+    _driver: Any = field(default=None, repr=False)
+
+    def send_inline(self, sink: Callable[[Endpoint, Any], None] | None) -> None:
+        """Have the driver hand each outgoing batch to ``sink(endpoint, batch)`` itself, in
+        its UPDATE phase, instead of queueing it on ``outgoing``: one thread hand-off less
+        per batch. ``sink`` must not block for long (a non-blocking send) and should not
+        raise; if it does, the error is logged and the batch counted as dropped. None goes
+        back to queueing."""
+        self._driver._set_sink(self.id, sink)
 
 
 @dataclass
@@ -121,6 +130,7 @@ class DriverStats:
     dropped_no_transport_packets: int = 0
     dropped_queue_full_batches: int = 0
     dropped_queue_full_packets: int = 0
+    dropped_sink_error_packets: int = 0
 
 
 def _packets(batch: Any) -> int:
@@ -164,6 +174,7 @@ class ThreadedDataPlane:
         self._core_lock = threading.RLock()
         self._overlays: dict[int, BatchQueue[Any]] = {}
         self._underlays: dict[int, BatchQueue[tuple[Endpoint, Any]]] = {}
+        self._sinks: dict[int, Callable[[Endpoint, Any], None]] = {}
         self._next_overlay = 0
         self._next_underlay = 0
 
@@ -188,7 +199,14 @@ class ThreadedDataPlane:
             )
             self._underlays[tid] = out
         self._wake()
-        return UnderlayHandle(tid, out, InputPort(tid, self._from_underlay))
+        return UnderlayHandle(tid, out, InputPort(tid, self._from_underlay), self)
+
+    def _set_sink(self, tid: int, sink: Callable[[Endpoint, Any], None] | None) -> None:
+        with self._core_lock:
+            if sink is None:
+                self._sinks.pop(tid, None)
+            elif tid in self._underlays:
+                self._sinks[tid] = sink
 
     def new_overlay_transport(self) -> OverlayHandle:
         """Register an overlay transport; safe at any time, also while ``run()`` waits."""
@@ -204,6 +222,7 @@ class ThreadedDataPlane:
         """Forget an underlay transport; later output for it is dropped and counted."""
         with self._core_lock:
             q = self._underlays.pop(tid, None)
+            self._sinks.pop(tid, None)
         if q is not None:
             q.close()
         self._wake()
@@ -304,8 +323,15 @@ class ThreadedDataPlane:
         st = self.stats
         for (tid, endpoint), batches in out.to_underlay.items():
             uq = self._underlays.get(tid)
+            sink = self._sinks.get(tid)
             for batch in batches:
-                if uq is None:
+                if sink is not None:
+                    try:
+                        sink(endpoint, batch)
+                    except Exception:
+                        log.exception("underlay %d failed to send a batch inline", tid)
+                        st.dropped_sink_error_packets += _packets(batch)
+                elif uq is None:
                     st.dropped_no_transport_batches += 1
                     st.dropped_no_transport_packets += _packets(batch)
                 elif not uq.put((endpoint, batch)):

@@ -71,6 +71,9 @@ class _Direction:
         self.stats = WireStats()
         self.held: PacketBatch | None = None
         self.thread: threading.Thread | None = None
+        # carry() runs on the sending driver's thread (inline send); the direction's own
+        # thread only releases a held-back batch when traffic pauses.
+        self._lock = threading.Lock()
 
     def run(self) -> None:
         out = self.src.outgoing
@@ -83,12 +86,17 @@ class _Direction:
                 if self.wire._stop.is_set():
                     return
                 # Nothing more is coming for now: a held-back batch must not wait forever.
-                self._release_held()
+                with self._lock:
+                    self._release_held()
                 continue
             endpoint, batch = item
             self.carry(endpoint, batch)
 
     def carry(self, endpoint: Endpoint, batch: Any) -> None:
+        with self._lock:
+            self._carry(endpoint, batch)
+
+    def _carry(self, endpoint: Endpoint, batch: Any) -> None:
         wire = self.wire
         st = self.stats
         sender, receiver = wire._endpoints(self)
@@ -192,6 +200,9 @@ class MemoryWire:
         # driver's close() (which closes that output queue) also ends and joins it.
         self.a_to_b.thread = driver_a.spawn(self.a_to_b.name, self.a_to_b.run)
         self.b_to_a.thread = driver_b.spawn(self.b_to_a.name, self.b_to_a.run)
+        # Each driver puts its datagrams on the wire itself (no hand-off to our thread).
+        self.handle_a.send_inline(self.a_to_b.carry)
+        self.handle_b.send_inline(self.b_to_a.carry)
 
     @property
     def id_a(self) -> int:
