@@ -304,3 +304,26 @@ def test_producer_can_wait_for_room_instead_of_dropping(driver):
     t.join(5)
     assert waited == [True] and not ov.incoming.full()
     assert ov.incoming.put([b"after"])
+
+
+def test_inline_sink_receives_output_and_its_errors_are_counted(driver):
+    d, core = driver
+    ov = d.new_overlay_transport()
+    un = d.new_underlay_transport()
+    seen = []
+    un.send_inline(lambda endpoint, batch: seen.append((endpoint, batch)))
+    ov.incoming.put([b"a", b"b"])
+    d.step()
+    assert seen == [(EchoCore.ENDPOINT, [b"a", b"b"])] and len(un.outgoing) == 0
+
+    def broken(endpoint, batch):
+        raise OSError("wire cut")
+
+    un.send_inline(broken)
+    ov.incoming.put([b"c"])
+    d.step()  # logged and counted, the driver goes on
+    assert d.stats.dropped_sink_error_packets == 1
+    un.send_inline(None)  # back to the queue
+    ov.incoming.put([b"d"])
+    d.step()
+    assert un.outgoing.get(timeout=1) == (EchoCore.ENDPOINT, [b"d"])
