@@ -13,9 +13,10 @@ messages no session opened.
 """
 
 from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
+from libc.string cimport memset
 
 from dataplane._batch cimport (
-    PacketBatch, ST_OK, ST_TOO_SHORT, ST_BAD_TYPE, ST_KEEPALIVE, ST_TOO_BIG,
+    PacketBatch, ST_OK, ST_TOO_SHORT, ST_BAD_TYPE, ST_KEEPALIVE, ST_TOO_BIG, ST_HANDSHAKE, ST_MAX,
 )
 
 cdef enum:
@@ -142,3 +143,51 @@ def set_status_where(PacketBatch batch not None, uint8_t old, uint8_t new):
                 batch.status[i] = new
                 n += 1
     return n
+
+
+def status_snapshot(PacketBatch batch not None):
+    """The slots' statuses as bytes, to compare with ``new_drops`` after a stage ran.
+
+    Raises ``ValueError`` for a status outside the DropReason range, as
+    ``PacketBatch.status_counts`` does."""
+    cdef Py_ssize_t i, count = batch.count
+    for i in range(count):
+        if batch.status[i] >= ST_MAX:
+            raise ValueError(f"a slot holds status {batch.status[i]}, outside 0..{ST_MAX - 1}")
+    return bytes(batch.status[:count])
+
+
+def new_drops(PacketBatch batch not None, const uint8_t[::1] before):
+    """[(status, n)] for each drop reason that ``n`` more slots hold now than in ``before``
+    (a ``status_snapshot``); alive, keepalive and handshake slots are not drops."""
+    cdef Py_ssize_t i, count = batch.count
+    cdef Py_ssize_t b[256]
+    cdef Py_ssize_t a[256]
+    cdef Py_ssize_t st
+    if before.shape[0] != count:
+        raise ValueError("snapshot of a different batch")
+    memset(b, 0, sizeof(b))
+    memset(a, 0, sizeof(a))
+    for i in range(count):
+        b[before[i]] += 1
+        a[batch.status[i]] += 1
+    for i in range(ST_MAX, 256):
+        if a[i]:
+            raise ValueError(f"a slot holds status {i}, outside 0..{ST_MAX - 1}")
+    out = []
+    for st in range(ST_MAX):
+        if a[st] > b[st] and st != ST_OK and st != ST_KEEPALIVE and st != ST_HANDSHAKE:
+            out.append((st, a[st] - b[st]))
+    return out
+
+
+def endpoint(PacketBatch batch not None, Py_ssize_t i):
+    """``batch.endpoint(i)`` without ``ipaddress`` for IPv4 (the common underlay)."""
+    cdef const uint8_t* a
+    if not 0 <= i < batch.count:
+        return batch.endpoint(i)
+    a = &batch.ep_addr[i, 0]
+    if (a[0] | a[1] | a[2] | a[3] | a[4] | a[5] | a[6] | a[7] | a[8] | a[9]) == 0 \
+            and a[10] == 0xFF and a[11] == 0xFF:
+        return (f"{a[12]}.{a[13]}.{a[14]}.{a[15]}", batch.ep_port[i])
+    return batch.endpoint(i)

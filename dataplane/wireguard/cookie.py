@@ -196,6 +196,15 @@ class CookieGenerator:
     def has_fresh_cookie(self, now: float) -> bool:
         return self.cookie is not None and now - self.cookie_set < COOKIE_REFRESH_TIME
 
+    def with_macs(self, prefix: bytes, now: float) -> bytes:
+        """``prefix`` (a handshake message up to mac1) followed by its mac1 and mac2."""
+        mac1 = MAC(self.mac1_key, prefix)
+        self.last_mac1 = mac1
+        msg = prefix + mac1
+        if self.cookie is not None and now - self.cookie_set < COOKIE_REFRESH_TIME:
+            return msg + MAC(self.cookie, msg)
+        return msg + _ZERO_MAC
+
     def add_macs(self, msg: bytearray, now: float) -> None:
         """Fill in the last 32 bytes of a handshake message in place."""
         n = len(msg)

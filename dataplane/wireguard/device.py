@@ -82,7 +82,7 @@ from .cookie import CookieChecker, LoadMonitor, RateLimiter, source_bytes
 from .indextable import IndexTable
 from .keypair import Keypair
 from .keys import PresharedKey, PrivateKey, PublicKey
-from .messages import MessageCookieReply, MessageInitiation, MessageResponse
+from .messages import MessageCookieReply, MessageResponse
 from .noise import (
     DH,
     NoiseError,
@@ -102,9 +102,9 @@ log = logging.getLogger(__name__)
 _UNSET: object = object()
 _INIT_HEADER = struct.Struct("<II")
 _RESP_HEADER = struct.Struct("<III")
+_INIT_TYPE_WORD = struct.pack("<I", MESSAGE_INITIATION)
+_INIT_FIELDS = struct.Struct("<4xI108s")  # sender, Noise body (mac1/mac2 follow)
 _CONTROL_BATCH = 8  # control messages per output batch
-# Slot statuses that are not drops: alive, or consumed by the device.
-_CONSUMED = frozenset({DropReason.OK.value, DropReason.KEEPALIVE.value, DropReason.HANDSHAKE.value})
 _REASONS = {r.value: r for r in DropReason}
 
 
@@ -480,9 +480,8 @@ class Device:
         peer.pending = pending
         peer.last_sent_initiation = now
         peer.handshake_initiations += 1
-        msg = bytearray(_INIT_HEADER.pack(MESSAGE_INITIATION, local_index) + body + bytes(32))
-        peer.cookie.add_macs(msg, now)
-        self._emit(peer, bytes(msg), now, out)
+        msg = peer.cookie.with_macs(_INIT_HEADER.pack(MESSAGE_INITIATION, local_index) + body, now)
+        self._emit(peer, msg, now, out)
         self.events["initiation_sent"] += 1
         # timersHandshakeInitiated: retransmit after REKEY_TIMEOUT + jitter, but check the
         # give-up deadline no later than when it falls due.
@@ -548,14 +547,16 @@ class Device:
     def _consume_initiation(
         self, msg: memoryview, src: Endpoint, now: float, out: _Out
     ) -> DropReason:
-        init = MessageInitiation.unpack(msg)
-        if init is None:
+        # classify() vouched for type and length; re-check them as MessageInitiation.unpack
+        # would, without building the message object.
+        if len(msg) != MESSAGE_INITIATION_SIZE or msg[:4] != _INIT_TYPE_WORD:
             return self._drop_cause(DropReason.BAD_TYPE, "bad_initiation")
+        sender, noise_body = _INIT_FIELDS.unpack_from(msg)
         try:
             st = consume_message_initiation(
                 self.private_key.x25519(),
                 self._responder_cache,
-                init.noise_body,
+                noise_body,
                 self._static_static,
             )
         except NoiseError:
@@ -585,16 +586,17 @@ class Device:
             self.events["simultaneous_initiation_won"] += 1
             return DropReason.HANDSHAKE
         local_index = self.index_table.new_index(peer, None)
-        body, send_key, recv_key = create_message_response(st, peer.psk.secret_bytes())
-        kp = Keypair.derive(send_key, recv_key, local_index, init.sender, now, False)
+        body, send_key, recv_key = create_message_response(
+            st, peer.psk.secret_bytes(), remote_static_key=peer.public_key.x25519()
+        )
+        kp = Keypair.derive(send_key, recv_key, local_index, sender, now, False)
         self.index_table.set_owner(local_index, peer, kp)
         self._free(peer.next)
         peer.next = kp
-        msg_out = bytearray(
-            _RESP_HEADER.pack(MESSAGE_RESPONSE, local_index, init.sender) + body + bytes(32)
+        msg_out = peer.cookie.with_macs(
+            _RESP_HEADER.pack(MESSAGE_RESPONSE, local_index, sender) + body, now
         )
-        peer.cookie.add_macs(msg_out, now)
-        self._emit(peer, bytes(msg_out), now, out)
+        self._emit(peer, msg_out, now, out)
         self.events["response_sent"] += 1
         self._timers_session_derived(peer, now)  # also schedules the keypairs' expiry
         return DropReason.HANDSHAKE
@@ -630,7 +632,7 @@ class Device:
     def receive(self, now: float, batch: PacketBatch) -> list[Transmit]:
         """Process UDP payloads (slot endpoints = their sources); see the module docstring."""
         out = _Out(self.mtu)
-        before = batch.status_counts()
+        before = _wgbatch.status_snapshot(batch)
         handshakes = _wgbatch.classify(batch)
         touched: dict[int, Peer] = {}
         for r in receiver_indices(batch):
@@ -650,10 +652,10 @@ class Device:
         for i in handshakes:
             batch.set_status(i, self._handshake_message(batch, i, now, out))
         _wgbatch.mark_unclaimed(batch, DropReason.UNKNOWN_RECEIVER)
-        after = batch.status_counts()
-        for reason, (b, a) in enumerate(zip(before, after, strict=True)):
-            if a > b and reason not in _CONSUMED:
-                self.drops[_REASONS[reason]] += a - b
+        # Every slot that went from alive to a drop reason counts once (C: no per-reason
+        # Python loop for the usual one-message batch).
+        for reason, n in _wgbatch.new_drops(batch, before):
+            self.drops[_REASONS[reason]] += n
         return out.items
 
     def _received_transport(self, peer: Peer, batch: PacketBatch, now: float, out: _Out) -> None:
@@ -662,7 +664,7 @@ class Device:
             return
         peer.rx_packets += data + keepalives
         peer.rx_bytes += nbytes
-        self._roam(peer, batch.endpoint(last))
+        self._roam(peer, _wgbatch.endpoint(batch, last))
         self._timers_any_authenticated_packet_received(peer, now)
         self._timers_any_authenticated_packet_traversal(peer, now)
         if data:
@@ -682,7 +684,7 @@ class Device:
     def _handshake_message(self, batch: PacketBatch, i: int, now: float, out: _Out) -> DropReason:
         msg = batch[i]
         kind = msg[0]
-        src = batch.endpoint(i)
+        src = _wgbatch.endpoint(batch, i)
         if kind == MESSAGE_COOKIE_REPLY:
             return self._consume_cookie_reply(msg, now)
         under_load = self.load_monitor.observe(now)

@@ -112,10 +112,13 @@ def KDF3(key: bytes, data: bytes) -> tuple[bytes, bytes, bytes]:
     return _kdf(3, key, data)  # type: ignore[no-any-return]
 
 
-def DH(private: X25519PrivateKey, public: bytes) -> bytes:
-    """X25519, refusing the all-zero result of a low-order point."""
+def DH(private: X25519PrivateKey, public: bytes | X25519PublicKey) -> bytes:
+    """X25519, refusing the all-zero result of a low-order point. ``public`` may be a key
+    object already (a peer's static key, parsed once per peer)."""
     try:
-        shared = private.exchange(X25519PublicKey.from_public_bytes(public))
+        if not isinstance(public, X25519PublicKey):
+            public = X25519PublicKey.from_public_bytes(public)
+        shared = private.exchange(public)
     except ValueError:  # OpenSSL itself refuses an all-zero result
         raise NoiseError("all-zero X25519 result (low-order public key)") from None
     if hmac.compare_digest(shared, _ZERO32):
@@ -251,8 +254,12 @@ def create_message_response(
     state: ResponderState,
     psk: bytes,
     ephemeral: X25519PrivateKey | None = None,
+    remote_static_key: X25519PublicKey | None = None,
 ) -> tuple[bytes, bytes, bytes]:
-    """Body ``e || enc(empty)`` plus (send key, receive key) of the responder."""
+    """Body ``e || enc(empty)`` plus (send key, receive key) of the responder.
+
+    ``remote_static_key``: ``state.remote_static`` as a key object, if the caller keeps one.
+    """
     pattern = state.pattern
     if ephemeral is None:
         ephemeral = X25519PrivateKey.generate()
@@ -260,7 +267,10 @@ def create_message_response(
     h = _hash2(state.h, e_pub)
     ck = KDF1(state.ck, e_pub) if pattern.psk else state.ck
     ck, k = _mix_ee_se(
-        ck, DH(ephemeral, state.remote_ephemeral), DH(ephemeral, state.remote_static), pattern
+        ck,
+        DH(ephemeral, state.remote_ephemeral),
+        DH(ephemeral, remote_static_key if remote_static_key is not None else state.remote_static),
+        pattern,
     )
     if pattern.psk:
         ck, t, k = KDF3(ck, psk)
