@@ -171,6 +171,13 @@ cdef void hmac_run(const hmac_key* k, const uint8_t* a, Py_ssize_t an,
     b2s_final(&s, out)
 
 
+cdef inline void absorb_pad(b2s* s) noexcept nogil:
+    """Compress a buffered full block now; only valid if more input will follow."""
+    s.t += BLOCK
+    compress(s, s.buf, False)
+    s.buflen = 0
+
+
 cdef void kdf_c(const uint8_t* key, Py_ssize_t keylen, const uint8_t* data, Py_ssize_t n,
                 int outputs, uint8_t* out) noexcept nogil:
     """HKDF-BLAKE2s with empty info: ``outputs`` x 32 bytes into ``out``; keylen <= BLOCK."""
@@ -181,6 +188,10 @@ cdef void kdf_c(const uint8_t* key, Py_ssize_t keylen, const uint8_t* data, Py_s
     hmac_init(&k, key, keylen)
     hmac_run(&k, data, n, NULL, 0, t0)
     hmac_init(&k, t0, OUT)
+    # Every HMAC under t0 has input after the pad block (at least the counter byte), so
+    # the pad blocks can be compressed once here instead of once per output.
+    absorb_pad(&k.inner)
+    absorb_pad(&k.outer)
     ctr = 1
     hmac_run(&k, NULL, 0, &ctr, 1, out)
     for i in range(1, outputs):
@@ -252,4 +263,163 @@ def kdf(int n, key, const uint8_t[::1] data):
     else:
         result = (out[:OUT], out[OUT:2 * OUT], out[2 * OUT:3 * OUT])
     memset(out, 0, sizeof(out))
+    return result
+
+
+# ---------------------------------------------------------------- the responder's chain
+#
+# Noise_IKpsk2 for the responder in three calls, split where an X25519 result or a peer
+# lookup is needed (the caller does those with ``cryptography``):
+#
+#   initiation_static(h0, ck0, body, es)   e, es, decrypt s       -> (s, h, ck) | None
+#   initiation_payload(h, ck, body, ss)    ss, decrypt timestamp  -> (payload, h, ck) | None
+#   response(h, ck, e, ee, se, psk)        e, ee, se, psk, seal   -> (enc(empty), Tsend, Trecv)
+#
+# Each AEAD key seals or opens exactly one message (nonce 0, aad h), as in noise.py.
+
+from dataplane._libcrypto cimport (
+    EVP_CIPHER_CTX, EVP_CIPHER_CTX_new, EVP_CIPHER_CTX_free, EVP_CIPHER_CTX_ctrl,
+    EVP_CTRL_AEAD_GET_TAG, EVP_CTRL_AEAD_SET_TAG, EVP_chacha20_poly1305,
+    EVP_EncryptInit_ex, EVP_EncryptUpdate, EVP_EncryptFinal_ex,
+    EVP_DecryptInit_ex, EVP_DecryptUpdate, EVP_DecryptFinal_ex, OPENSSL_cleanse,
+)
+
+cdef enum:
+    TAG = 16
+    INIT_BODY = 108        # e (32) | enc(s) (32 + 16) | enc(timestamp) (12 + 16)
+
+cdef uint8_t ZERO_NONCE[12]
+memset(ZERO_NONCE, 0, 12)
+# One context for every handshake AEAD, re-keyed by each Init: callers hold the GIL for the
+# whole call (no nogil section here), so no two calls ever share it at once.
+cdef EVP_CIPHER_CTX* aead_ctx = EVP_CIPHER_CTX_new()
+
+
+cdef int aead(bint seal, const uint8_t* key, const uint8_t* h, const uint8_t* src,
+              int n, uint8_t* dst) noexcept nogil:
+    """ChaCha20-Poly1305, nonce 0, aad ``h`` (32 bytes). Seal: ``n`` plaintext bytes to
+    ``n + 16``; open: ``n`` >= 16 ciphertext bytes to ``n - 16``. 1 on success, 0 if the tag
+    is wrong, -1 if OpenSSL failed."""
+    cdef EVP_CIPHER_CTX* ctx = aead_ctx
+    cdef int outl = 0, ok = 0
+    cdef uint8_t tag[16]
+    if ctx == NULL:
+        return -1
+    if seal:
+        if (EVP_EncryptInit_ex(ctx, EVP_chacha20_poly1305(), NULL, key, ZERO_NONCE) == 1
+                and EVP_EncryptUpdate(ctx, NULL, &outl, h, OUT) == 1
+                and (n == 0 or EVP_EncryptUpdate(ctx, dst, &outl, src, n) == 1)
+                and EVP_EncryptFinal_ex(ctx, tag, &outl) == 1
+                and EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, TAG, dst + n) == 1):
+            ok = 1
+        else:
+            ok = -1
+    else:
+        n -= TAG
+        memcpy(tag, src + n, TAG)
+        if (EVP_DecryptInit_ex(ctx, EVP_chacha20_poly1305(), NULL, key, ZERO_NONCE) == 1
+                and EVP_DecryptUpdate(ctx, NULL, &outl, h, OUT) == 1
+                and (n == 0 or EVP_DecryptUpdate(ctx, dst, &outl, src, n) == 1)
+                and EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, TAG, tag) == 1):
+            ok = 1 if EVP_DecryptFinal_ex(ctx, tag, &outl) == 1 else 0
+        else:
+            ok = -1
+    return ok
+
+
+cdef inline void mix_hash(uint8_t* h, const uint8_t* data, Py_ssize_t n) noexcept nogil:
+    cdef b2s s
+    b2s_init(&s)
+    b2s_update(&s, h, OUT)
+    b2s_update(&s, data, n)
+    b2s_final(&s, h)
+
+
+cdef inline int need(const uint8_t[::1] v, Py_ssize_t n, str what) except -1:
+    if v.shape[0] != n:
+        raise ValueError(f"{what} must be {n} bytes, got {v.shape[0]}")
+    return 0
+
+
+def initiation_static(const uint8_t[::1] h0, const uint8_t[::1] ck0,
+                      const uint8_t[::1] body, const uint8_t[::1] es):
+    """Mix e and es, open the initiator's static key: (static, h, ck), or None (bad tag)."""
+    cdef uint8_t h[32]
+    cdef uint8_t ck[32]
+    cdef uint8_t keys[64]
+    cdef uint8_t s[32]
+    cdef int ok
+    need(h0, OUT, "h"); need(ck0, OUT, "ck"); need(es, OUT, "es")
+    if body.shape[0] < OUT + OUT + TAG:
+        raise ValueError("initiation body has the wrong length")
+    memcpy(h, &h0[0], OUT)
+    mix_hash(h, &body[0], OUT)
+    kdf_c(&ck0[0], OUT, &body[0], OUT, 1, ck)
+    kdf_c(ck, OUT, &es[0], OUT, 2, keys)
+    ok = aead(False, keys + OUT, h, &body[OUT], OUT + TAG, s)
+    memcpy(ck, keys, OUT)
+    OPENSSL_cleanse(keys, sizeof(keys))
+    if ok < 0:
+        raise MemoryError("OpenSSL ChaCha20-Poly1305 failed")
+    if not ok:
+        return None
+    mix_hash(h, &body[OUT], OUT + TAG)
+    return s[:OUT], h[:OUT], ck[:OUT]
+
+
+def initiation_payload(const uint8_t[::1] h_in, const uint8_t[::1] ck_in,
+                       const uint8_t[::1] body, const uint8_t[::1] ss):
+    """Mix ss, open the payload (the timestamp): (payload, h, ck), or None (bad tag)."""
+    cdef uint8_t h[32]
+    cdef uint8_t keys[64]
+    cdef uint8_t payload[INIT_BODY]
+    cdef Py_ssize_t off = OUT + OUT + TAG
+    cdef Py_ssize_t n
+    cdef int ok
+    need(h_in, OUT, "h"); need(ck_in, OUT, "ck"); need(ss, OUT, "ss")
+    if body.shape[0] < off + TAG or body.shape[0] > INIT_BODY + 64:
+        raise ValueError("initiation body has the wrong length")
+    n = body.shape[0] - off
+    memcpy(h, &h_in[0], OUT)
+    kdf_c(&ck_in[0], OUT, &ss[0], OUT, 2, keys)
+    ok = aead(False, keys + OUT, h, &body[off], <int>n, payload)
+    if ok < 0:
+        OPENSSL_cleanse(keys, sizeof(keys))
+        raise MemoryError("OpenSSL ChaCha20-Poly1305 failed")
+    if not ok:
+        OPENSSL_cleanse(keys, sizeof(keys))
+        return None
+    mix_hash(h, &body[off], n)
+    result = (payload[:n - TAG], h[:OUT], keys[:OUT])
+    OPENSSL_cleanse(keys, sizeof(keys))
+    return result
+
+
+def response(const uint8_t[::1] h_in, const uint8_t[::1] ck_in, const uint8_t[::1] e,
+             const uint8_t[::1] ee, const uint8_t[::1] se, const uint8_t[::1] psk):
+    """Mix e, ee, se and psk, seal the empty payload: (enc(empty), T_send, T_recv) of the
+    responder (T_send = T_r2i, the second output of the final split)."""
+    cdef uint8_t h[32]
+    cdef uint8_t ck[32]
+    cdef uint8_t keys[96]
+    cdef uint8_t sealed[16]
+    cdef int ok
+    need(h_in, OUT, "h"); need(ck_in, OUT, "ck"); need(e, OUT, "e"); need(ee, OUT, "ee")
+    need(se, OUT, "se"); need(psk, OUT, "psk")
+    memcpy(h, &h_in[0], OUT)
+    mix_hash(h, &e[0], OUT)
+    kdf_c(&ck_in[0], OUT, &e[0], OUT, 1, ck)
+    kdf_c(ck, OUT, &ee[0], OUT, 1, ck)
+    kdf_c(ck, OUT, &se[0], OUT, 1, ck)
+    kdf_c(ck, OUT, &psk[0], OUT, 3, keys)       # ck, tau, k
+    memcpy(ck, keys, OUT)
+    mix_hash(h, keys + OUT, OUT)
+    ok = aead(True, keys + 2 * OUT, h, NULL, 0, sealed)
+    if ok < 0:
+        OPENSSL_cleanse(keys, sizeof(keys))
+        raise MemoryError("OpenSSL ChaCha20-Poly1305 failed")
+    kdf_c(ck, OUT, NULL, 0, 2, keys)              # T_i2r, T_r2i
+    result = (sealed[:TAG], keys[OUT:2 * OUT], keys[:OUT])
+    OPENSSL_cleanse(keys, sizeof(keys))
+    OPENSSL_cleanse(ck, sizeof(ck))
     return result

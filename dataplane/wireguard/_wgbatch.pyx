@@ -191,3 +191,17 @@ def endpoint(PacketBatch batch not None, Py_ssize_t i):
             and a[10] == 0xFF and a[11] == 0xFF:
         return (f"{a[12]}.{a[13]}.{a[14]}.{a[15]}", batch.ep_port[i])
     return batch.endpoint(i)
+
+
+def classify_batch(PacketBatch batch not None):
+    """``status_snapshot`` then ``classify`` in one call: (snapshot, handshake slots, number
+    of transport messages left alive for the sessions). With no transport message, the
+    session stages have nothing to look at."""
+    before = status_snapshot(batch)
+    handshakes = classify(batch)
+    cdef Py_ssize_t i, count = batch.count, n = 0
+    with nogil:
+        for i in range(count):
+            if batch.status[i] == ST_OK and batch.peers[i] == -1 and batch.pkt_ptr(i)[0] == 4:
+                n += 1
+    return before, handshakes, n

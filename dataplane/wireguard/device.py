@@ -79,7 +79,7 @@ from .constants import (
     ZERO_KEY_MATERIAL_TIME,
 )
 from .cookie import CookieChecker, LoadMonitor, RateLimiter, source_bytes
-from .indextable import IndexTable
+from .indextable import IndexTable, UrandomBits
 from .keypair import Keypair
 from .keys import PresharedKey, PrivateKey, PublicKey
 from .messages import MessageCookieReply, MessageResponse
@@ -182,7 +182,10 @@ class Device:
         self._rng = rng if rng is not None else random.SystemRandom()
         self._tai64n = TAI64NClock(wall_clock)
         self._wall = wall_clock
-        self.index_table = IndexTable(self._rng.getrandbits)
+        # Receiver indices: from the injected generator (tests replay them), else urandom.
+        self.index_table = IndexTable(
+            self._rng.getrandbits if rng is not None else UrandomBits().getrandbits
+        )
         self.scheduler: Scheduler[tuple[Peer, str, int]] = Scheduler()
         self._timer_serial = 0
         self.cookie_checker = CookieChecker(self.public_key.raw, self._random_bytes)
@@ -632,10 +635,9 @@ class Device:
     def receive(self, now: float, batch: PacketBatch) -> list[Transmit]:
         """Process UDP payloads (slot endpoints = their sources); see the module docstring."""
         out = _Out(self.mtu)
-        before = _wgbatch.status_snapshot(batch)
-        handshakes = _wgbatch.classify(batch)
+        before, handshakes, transports = _wgbatch.classify_batch(batch)
         touched: dict[int, Peer] = {}
-        for r in receiver_indices(batch):
+        for r in receiver_indices(batch) if transports else ():
             entry = self.index_table.lookup(r)
             if entry is None or not isinstance(entry[1], Keypair):
                 continue
@@ -651,7 +653,8 @@ class Device:
             self._received_transport(peer, batch, now, out)
         for i in handshakes:
             batch.set_status(i, self._handshake_message(batch, i, now, out))
-        _wgbatch.mark_unclaimed(batch, DropReason.UNKNOWN_RECEIVER)
+        if transports:  # handshake slots are never left alive
+            _wgbatch.mark_unclaimed(batch, DropReason.UNKNOWN_RECEIVER)
         # Every slot that went from alive to a drop reason counts once (C: no per-reason
         # Python loop for the usual one-message batch).
         for reason, n in _wgbatch.new_drops(batch, before):

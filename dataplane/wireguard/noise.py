@@ -224,6 +224,21 @@ def consume_message_initiation(
     if len(body) != KEY_SIZE + enc_static_size + payload_size + AEAD_TAG_SIZE:
         raise NoiseError("initiation body has the wrong length")
     e_pub = body[:KEY_SIZE]
+    if pattern.psk:  # the usual case, WireGuard's: the symmetric steps in two C calls
+        found = _noise.initiation_static(cache.h0, cache.ck0, body, DH(local_static, e_pub))
+        if found is None:
+            raise NoiseError("handshake AEAD authentication failed")
+        remote_static, h, ck = found
+        ss = static_static(remote_static)
+        if ss is None:
+            raise NoiseError("initiation from an unknown static key")
+        if hmac.compare_digest(ss, _ZERO32):
+            raise NoiseError("all-zero static-static X25519 result")
+        opened = _noise.initiation_payload(h, ck, body, ss)
+        if opened is None:
+            raise NoiseError("handshake AEAD authentication failed")
+        payload, h, ck = opened
+        return ResponderState(h, ck, e_pub, remote_static, payload, pattern)
     enc_static = body[KEY_SIZE : KEY_SIZE + enc_static_size]
     enc_payload = body[KEY_SIZE + enc_static_size :]
     h = _hash2(cache.h0, e_pub)
@@ -264,17 +279,13 @@ def create_message_response(
     if ephemeral is None:
         ephemeral = X25519PrivateKey.generate()
     e_pub = _public(ephemeral)
+    ee = DH(ephemeral, state.remote_ephemeral)
+    se = DH(ephemeral, remote_static_key if remote_static_key is not None else state.remote_static)
+    if pattern.psk:  # one C call for every symmetric step
+        enc_nothing, t_send, t_recv = _noise.response(state.h, state.ck, e_pub, ee, se, psk)
+        return e_pub + enc_nothing, t_send, t_recv
     h = _hash2(state.h, e_pub)
-    ck = KDF1(state.ck, e_pub) if pattern.psk else state.ck
-    ck, k = _mix_ee_se(
-        ck,
-        DH(ephemeral, state.remote_ephemeral),
-        DH(ephemeral, remote_static_key if remote_static_key is not None else state.remote_static),
-        pattern,
-    )
-    if pattern.psk:
-        ck, t, k = KDF3(ck, psk)
-        h = _hash2(h, t)
+    ck, k = _mix_ee_se(state.ck, ee, se, pattern)  # plain IK: no psk step
     enc_nothing = _seal(k, h, b"")
     t_i2r, t_r2i = KDF2(ck, b"")
     return e_pub + enc_nothing, t_r2i, t_i2r
