@@ -210,6 +210,50 @@ cdef bytes _long_key(const uint8_t[::1] key):
     return digest[:OUT]
 
 
+cdef inline void mac_c(const uint8_t* key, Py_ssize_t keylen, const uint8_t* data,
+                       Py_ssize_t n, uint8_t* out) noexcept nogil:
+    """Keyed BLAKE2s with a 16-byte digest (RFC 7693 §3.3: the key is the first block)."""
+    cdef b2s s
+    cdef uint8_t block[64]
+    cdef uint8_t digest[32]
+    memcpy(s.h, IV, sizeof(IV))
+    s.h[0] ^= 0x01010000 ^ (<uint32_t>keylen << 8) ^ 16
+    s.t = 0
+    s.buflen = 0
+    if keylen:
+        memset(block, 0, BLOCK)
+        memcpy(block, key, keylen)
+        b2s_update(&s, block, BLOCK)
+        memset(block, 0, BLOCK)
+    b2s_update(&s, data, n)
+    b2s_final(&s, digest)
+    memcpy(out, digest, 16)
+
+
+def mac(const uint8_t[::1] key, const uint8_t[::1] data):
+    """MAC(key, data) of the whitepaper: keyed BLAKE2s-128 (mac1, mac2, cookies)."""
+    cdef uint8_t out[16]
+    if key.shape[0] > 32:
+        raise ValueError(f"MAC key must be at most 32 bytes, got {key.shape[0]}")
+    mac_c(&key[0] if key.shape[0] else NULL, key.shape[0], &data[0] if data.shape[0] else NULL, data.shape[0], out)
+    return out[:16]
+
+
+def check_mac1(const uint8_t[::1] key, const uint8_t[::1] msg):
+    """Whether the 16 bytes 32 from the end of ``msg`` are MAC(key, everything before)."""
+    cdef uint8_t out[16]
+    cdef uint8_t diff = 0
+    cdef Py_ssize_t off = msg.shape[0] - 32, i
+    if key.shape[0] > 32:
+        raise ValueError(f"MAC key must be at most 32 bytes, got {key.shape[0]}")
+    if off < 0:
+        return False
+    mac_c(&key[0] if key.shape[0] else NULL, key.shape[0], &msg[0] if off else NULL, off, out)
+    for i in range(16):  # constant time, as hmac.compare_digest
+        diff |= out[i] ^ msg[off + i]
+    return diff == 0
+
+
 def blake2s(const uint8_t[::1] data):
     """Unkeyed BLAKE2s-256 (tests compare it with hashlib)."""
     cdef b2s s

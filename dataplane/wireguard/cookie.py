@@ -35,6 +35,8 @@ from collections.abc import Callable
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from ._noise import check_mac1 as _check_mac1
+from ._noise import mac as _mac
 from .constants import (
     COOKIE_NONCE_SIZE,
     COOKIE_REFRESH_TIME,
@@ -152,8 +154,8 @@ class CookieChecker:
         self._secret_set: float | None = None  # set on first use, on the caller's clock
 
     def check_mac1(self, msg: bytes | bytearray | memoryview) -> bool:
-        off = mac1_offset(len(msg))
-        return hmac.compare_digest(MAC(self.mac1_key, msg[:off]), bytes(msg[off : off + MAC_SIZE]))
+        # mac1 sits at mac1_offset(len(msg)); one C call, compared in constant time.
+        return _check_mac1(self.mac1_key, msg)
 
     def _cookie(self, src: bytes, now: float, refresh: bool) -> bytes | None:
         if self._secret_set is None or now - self._secret_set >= COOKIE_REFRESH_TIME:
@@ -198,11 +200,11 @@ class CookieGenerator:
 
     def with_macs(self, prefix: bytes, now: float) -> bytes:
         """``prefix`` (a handshake message up to mac1) followed by its mac1 and mac2."""
-        mac1 = MAC(self.mac1_key, prefix)
+        mac1 = _mac(self.mac1_key, prefix)
         self.last_mac1 = mac1
         msg = prefix + mac1
         if self.cookie is not None and now - self.cookie_set < COOKIE_REFRESH_TIME:
-            return msg + MAC(self.cookie, msg)
+            return msg + _mac(self.cookie, msg)
         return msg + _ZERO_MAC
 
     def add_macs(self, msg: bytearray, now: float) -> None:

@@ -788,10 +788,12 @@ class Device:
         peer.last_handshake = self._wall()
 
     def _schedule_expiry(self, peer: Peer) -> None:
-        kps = peer.keypairs()
-        if kps:
-            at = min(kp.created for kp in kps) + REJECT_AFTER_TIME
-            self._mod_timer(peer, "expire", at, 1.0)
+        first = None  # creation time of the oldest keypair (runs once per handshake)
+        for kp in (peer.current, peer.previous, peer.next):
+            if kp is not None and (first is None or kp.created < first):
+                first = kp.created
+        if first is not None:
+            self._mod_timer(peer, "expire", first + REJECT_AFTER_TIME, 1.0)
         else:
             self._del_timer(peer, "expire")
 
