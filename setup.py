@@ -3,6 +3,13 @@
 libcrypto is located, in order, from ``DATAPLANE_OPENSSL_DIR`` (a prefix holding
 ``include/`` and ``lib/``), from ``pkg-config libcrypto``, or as a plain ``-lcrypto``.
 Every ``.pyx`` below ``dataplane/`` becomes an extension named after its path.
+
+GIL policy (compile-time constant ``SHORT_SCAN_RELEASES_GIL``, default False): loops that
+take long per batch (seal/open, syscalls) always release the GIL; short per-batch scans
+(classification, routing, filters, grouping: a few µs per 128 packets) are written as
+nogil code but keep the GIL, because releasing and re-acquiring it under contention from
+the other driver threads costs more than the scan (measured end to end over the memory
+wire: 46 ms -> 28 ms for 50 batches). ``DATAPLANE_SHORT_SCANS_RELEASE_GIL=1`` flips it.
 """
 
 from __future__ import annotations
@@ -104,9 +111,11 @@ def extensions() -> list[Extension]:
 def cythonized() -> list[Extension]:
     from Cython.Build import cythonize
 
+    release = os.environ.get("DATAPLANE_SHORT_SCANS_RELEASE_GIL", "0") == "1"
     return cythonize(
         extensions(),
         compiler_directives={"language_level": "3"},
+        compile_time_env={"SHORT_SCAN_RELEASES_GIL": release},
         include_path=[str(HERE)],
         quiet=True,
     )

@@ -5,6 +5,11 @@ Slot i occupies ``slab[i * slot_size : (i + 1) * slot_size]``; its packet is the
 ``lengths[i]`` bytes starting ``offsets[i]`` bytes into the slot. ``headroom`` bytes
 before the first packet byte and ``tailroom`` bytes after the last are reserved when a
 packet is appended, so headers can be pushed/pulled and padding + tag appended in place.
+
+GIL policy: per-packet loops are nogil code. Long ones (seal/open, syscalls) run in
+``with nogil:``; short per-batch scans use ``with nogil(SHORT_SCAN_RELEASES_GIL):``, a
+build-time constant (see setup.py), False by default because a GIL hand-off under
+contention costs more than a scan of a few µs.
 """
 
 from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t

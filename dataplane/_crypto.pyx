@@ -377,7 +377,7 @@ def receiver_indices(PacketBatch batch not None):
     cdef uint32_t r
     cdef const uint8_t* p
     cdef uint32_t[::1] seen = memoryview(bytearray(4 * max(count, 1))).cast("I")
-    with nogil:
+    with nogil(SHORT_SCAN_RELEASES_GIL):
         for i in range(count):
             if batch.status[i] != ST_OK or batch.peers[i] != -1 or batch.lengths[i] < 8:
                 continue

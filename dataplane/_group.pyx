@@ -36,7 +36,7 @@ def group(PacketBatch batch not None, keys=None):
     cdef int32_t[::1] counts = memoryview(bytearray(4 * n)).cast("i")
     cdef Py_ssize_t i, j, nd = 0, alive = 0
     cdef int32_t key
-    with nogil:
+    with nogil(SHORT_SCAN_RELEASES_GIL):
         for i in range(n):
             if batch.status[i] != ST_OK or k[i] < 0:
                 continue
@@ -61,7 +61,7 @@ def group(PacketBatch batch not None, keys=None):
         key = distinct[j]
         m = 0
         # Reads `batch`, writes the fresh `dst`; both owned by this call.
-        with nogil:
+        with nogil(SHORT_SCAN_RELEASES_GIL):
             for i in range(n):
                 if batch.status[i] != ST_OK or k[i] != key:
                     continue

@@ -330,7 +330,7 @@ def classify(PacketBatch batch not None, kinds=None, vnis=None):
     cdef Py_ssize_t r
     # Reads the slab, writes offsets/lengths/status of `batch` and `kinds`/`vnis`; the
     # caller owns all of them for the duration of the call.
-    with nogil:
+    with nogil(SHORT_SCAN_RELEASES_GIL):
         r = classify_batch(batch, kp, vp)
     if r < 0:
         _raise_bounds(batch)
@@ -344,7 +344,7 @@ def unpad(PacketBatch batch not None):
     """
     cdef Py_ssize_t r
     # Reads the slab, writes lengths/status of `batch`, owned by the caller.
-    with nogil:
+    with nogil(SHORT_SCAN_RELEASES_GIL):
         r = unpad_batch(batch)
     if r < 0:
         _raise_bounds(batch)
@@ -366,7 +366,7 @@ def kind_counts(PacketBatch batch not None, kinds, bint alive_only=False):
         raise ValueError(f"kinds holds {kv.shape[0]} entries, the batch {n} packets")
     for i in range(KIND_BASE_MASK + 2):
         counts[i] = 0
-    with nogil:
+    with nogil(SHORT_SCAN_RELEASES_GIL):
         for i in range(n):
             if alive_only and batch.status[i] != ST_OK:
                 continue
@@ -404,7 +404,7 @@ def consume(PacketBatch batch not None, kinds, wanted, int status):
         return []
     cdef uint32_t[::1] taken = memoryview(bytearray(4 * n)).cast("I")
     # Reads `kinds`, writes the status of `batch` and the local `taken`.
-    with nogil:
+    with nogil(SHORT_SCAN_RELEASES_GIL):
         for i in range(n):
             if batch.status[i] == ST_OK and (mask >> (kv[i] & KIND_BASE_MASK)) & 1:
                 batch.status[i] = st

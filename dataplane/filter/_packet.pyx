@@ -25,7 +25,8 @@ expires first, so expired entries are purged from the head and, when the table i
 head is evicted. Lookups never modify the table. The hash is seeded per table (not a PRF;
 chains stay short because the table is at most half full).
 
-Both batch loops run ``with nogil:``; they read the packet slab and write only ``status``
+Both batch loops are nogil code (``with nogil(SHORT_SCAN_RELEASES_GIL)``, see setup.py:
+short scans keep the GIL by default); they read the packet slab and write only ``status``
 (inbound) or the flow table (outbound). The caller serialises calls (the core lock).
 """
 
@@ -689,7 +690,7 @@ cdef class FilterCore:
         _check_now(now)
         # Bounds once per batch: the loop trusts offsets/lengths of alive slots only when
         # they lie inside their slot; anything else is malformed.
-        with nogil:
+        with nogil(SHORT_SCAN_RELEASES_GIL):
             # Reads the slab, offsets, lengths and the flow table; writes status[i] only.
             # No purge here: inbound traffic never changes the table.
             for i in range(n):
@@ -713,7 +714,7 @@ cdef class FilterCore:
         cdef uint32_t[::1] offsets = batch.offsets
         cdef uint32_t[::1] lengths = batch.lengths
         _check_now(now)
-        with nogil:
+        with nogil(SHORT_SCAN_RELEASES_GIL):
             # Reads the slab; writes the flow table only (statuses are left alone).
             ft_purge(ft, now)
             for i in range(n):

@@ -60,7 +60,7 @@ def route_outbound(LpmTable table, PacketBatch batch, int32_t[::1] loopback):
     if n == 0:
         return (0, 0)
     # Writes this batch's peers/status and loopback[]; reads the frozen table.
-    with nogil:
+    with nogil(SHORT_SCAN_RELEASES_GIL):
         batch_lookup(table, batch, False, &loopback[0])
         for i in range(n):
             if batch.status[i] != ST_OK:
@@ -97,7 +97,7 @@ def route_inbound(LpmTable table, PacketBatch batch, int32_t[::1] out):
         raise ValueError(f"out has {out.shape[0]} entries, batch has {n} packets")
     if n == 0:
         return 0
-    with nogil:
+    with nogil(SHORT_SCAN_RELEASES_GIL):
         batch_lookup(table, batch, False, &out[0])
         for i in range(n):
             if batch.status[i] != ST_OK:
@@ -128,7 +128,7 @@ def check_sources(LpmTable table, PacketBatch batch):
         return 0
     owner = _scratch(n)
     # Reads the frozen table and this batch's packets and peers; writes its status.
-    with nogil:
+    with nogil(SHORT_SCAN_RELEASES_GIL):
         batch_lookup(table, batch, True, owner)
         for i in range(n):
             if batch.status[i] != ST_OK:
@@ -211,7 +211,7 @@ cdef class UnderlayTable:
             raise ValueError(f"out has {out.shape[0]} entries, batch has {n} packets")
         # Reads this table (mutated only under the core lock), writes the batch's
         # endpoint metadata/status and out[].
-        with nogil:
+        with nogil(SHORT_SCAN_RELEASES_GIL):
             for i in range(n):
                 out[i] = -1
                 if batch.status[i] != ST_OK:
@@ -259,7 +259,7 @@ cdef class UnderlayTable:
         k = 0
         # Backwards, first sighting only: a peer's last packet in the batch decides, and
         # "changed" compares with the route before this call.
-        with nogil:
+        with nogil(SHORT_SCAN_RELEASES_GIL):
             for i in range(n - 1, -1, -1):
                 if batch.status[i] != ST_OK:
                     continue
