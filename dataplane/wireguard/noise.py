@@ -116,7 +116,8 @@ def DH(private: X25519PrivateKey, public: bytes | X25519PublicKey) -> bytes:
     """X25519, refusing the all-zero result of a low-order point. ``public`` may be a key
     object already (a peer's static key, parsed once per peer)."""
     try:
-        if not isinstance(public, X25519PublicKey):
+        # A concrete type test: isinstance against the ABC costs more than a DH's bookkeeping.
+        if isinstance(public, (bytes, bytearray, memoryview)):
             public = X25519PublicKey.from_public_bytes(public)
         shared = private.exchange(public)
     except ValueError:  # OpenSSL itself refuses an all-zero result
