@@ -976,8 +976,8 @@ def kdf(int n, key, const uint8_t[::1] data):
 from dataplane._libcrypto cimport (
     EVP_CIPHER_CTX, EVP_CIPHER_CTX_new, EVP_CIPHER_CTX_free, EVP_CIPHER_CTX_ctrl,
     EVP_CTRL_AEAD_GET_TAG, EVP_CTRL_AEAD_SET_TAG, EVP_chacha20_poly1305,
-    EVP_EncryptInit_ex, EVP_EncryptUpdate, EVP_EncryptFinal_ex,
-    EVP_DecryptInit_ex, EVP_DecryptUpdate, EVP_DecryptFinal_ex, OPENSSL_cleanse,
+    EVP_CipherInit_ex2, EVP_EncryptUpdate, EVP_EncryptFinal_ex,
+    EVP_DecryptUpdate, EVP_DecryptFinal_ex, OPENSSL_cleanse,
 )
 
 cdef enum:
@@ -989,6 +989,10 @@ memset(ZERO_NONCE, 0, 12)
 # One context for every handshake AEAD, re-keyed by each Init: callers hold the GIL for the
 # whole call (no nogil section here), so no two calls ever share it at once.
 cdef EVP_CIPHER_CTX* aead_ctx = EVP_CIPHER_CTX_new()
+# The cipher is set once; each seal/open then only loads a key and the nonce (re-selecting
+# the cipher would re-fetch it from the provider every time).
+cdef bint aead_ready = aead_ctx != NULL and EVP_CipherInit_ex2(
+    aead_ctx, EVP_chacha20_poly1305(), NULL, NULL, 1, NULL) == 1
 
 
 cdef int aead(bint seal, const uint8_t* key, const uint8_t* h, const uint8_t* src,
@@ -999,10 +1003,10 @@ cdef int aead(bint seal, const uint8_t* key, const uint8_t* h, const uint8_t* sr
     cdef EVP_CIPHER_CTX* ctx = aead_ctx
     cdef int outl = 0, ok = 0
     cdef uint8_t tag[16]
-    if ctx == NULL:
+    if not aead_ready:
         return -1
     if seal:
-        if (EVP_EncryptInit_ex(ctx, EVP_chacha20_poly1305(), NULL, key, ZERO_NONCE) == 1
+        if (EVP_CipherInit_ex2(ctx, NULL, key, ZERO_NONCE, 1, NULL) == 1
                 and EVP_EncryptUpdate(ctx, NULL, &outl, h, OUT) == 1
                 and (n == 0 or EVP_EncryptUpdate(ctx, dst, &outl, src, n) == 1)
                 and EVP_EncryptFinal_ex(ctx, tag, &outl) == 1
@@ -1013,7 +1017,7 @@ cdef int aead(bint seal, const uint8_t* key, const uint8_t* h, const uint8_t* sr
     else:
         n -= TAG
         memcpy(tag, src + n, TAG)
-        if (EVP_DecryptInit_ex(ctx, EVP_chacha20_poly1305(), NULL, key, ZERO_NONCE) == 1
+        if (EVP_CipherInit_ex2(ctx, NULL, key, ZERO_NONCE, 0, NULL) == 1
                 and EVP_DecryptUpdate(ctx, NULL, &outl, h, OUT) == 1
                 and (n == 0 or EVP_DecryptUpdate(ctx, dst, &outl, src, n) == 1)
                 and EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, TAG, tag) == 1):
