@@ -16,26 +16,22 @@ from libc.string cimport memcpy
 from dataplane._batch cimport PacketBatch, ST_OK
 
 
-def group(PacketBatch batch not None, keys=None):
-    """Alive slots grouped by key: ``{key: PacketBatch}``, in first-seen key order.
-
-    ``keys`` is an int32 buffer with one key per slot (default: the batch's peer ids).
-    Slots whose key is negative are left out, as are slots that are not alive.
-    """
-    cdef Py_ssize_t n = batch.count
+cdef const int32_t[::1] _keys(PacketBatch batch, keys) except *:
     cdef const int32_t[::1] k
     if keys is None:
-        k = batch.peers
-    else:
-        k = memoryview(keys).cast("B").cast("i")
-        if k.shape[0] < n:
-            raise ValueError(f"{k.shape[0]} keys for {n} packets")
-    if n == 0:
-        return {}
-    cdef int32_t[::1] distinct = memoryview(bytearray(4 * n)).cast("i")
-    cdef int32_t[::1] counts = memoryview(bytearray(4 * n)).cast("i")
-    cdef Py_ssize_t i, j, nd = 0, alive = 0
+        return batch.peers
+    k = memoryview(keys).cast("B").cast("i")
+    if k.shape[0] < batch.count:
+        raise ValueError(f"{k.shape[0]} keys for {batch.count} packets")
+    return k
+
+
+cdef Py_ssize_t count_keys(PacketBatch batch, const int32_t[::1] k, int32_t[::1] found,
+                           int32_t[::1] counts, Py_ssize_t* alive_out):
+    """Distinct non-negative keys of the alive slots (first-seen order) and their counts."""
+    cdef Py_ssize_t i, j, nd = 0, alive = 0, n = batch.count
     cdef int32_t key
+    # Batches usually carry one or two keys, so a linear scan beats hashing.
     with nogil(SHORT_SCAN_RELEASES_GIL):
         for i in range(n):
             if batch.status[i] != ST_OK or k[i] < 0:
@@ -43,22 +39,54 @@ def group(PacketBatch batch not None, keys=None):
             alive += 1
             key = k[i]
             for j in range(nd):
-                if distinct[j] == key:
+                if found[j] == key:
                     counts[j] += 1
                     break
             else:
-                distinct[nd] = key
+                found[nd] = key
                 counts[nd] = 1
                 nd += 1
+    alive_out[0] = alive
+    return nd
+
+
+def distinct(PacketBatch batch not None, keys=None):
+    """The distinct non-negative keys (default: peer ids) of the alive slots, first seen first."""
+    cdef Py_ssize_t n = batch.count
+    if n == 0:
+        return []
+    cdef const int32_t[::1] k = _keys(batch, keys)
+    cdef int32_t[::1] found = memoryview(bytearray(4 * n)).cast("i")
+    cdef int32_t[::1] counts = memoryview(bytearray(4 * n)).cast("i")
+    cdef Py_ssize_t alive = 0, j
+    cdef Py_ssize_t nd = count_keys(batch, k, found, counts, &alive)
+    return [found[j] for j in range(nd)]
+
+
+def group(PacketBatch batch not None, keys=None):
+    """Alive slots grouped by key: ``{key: PacketBatch}``, in first-seen key order.
+
+    ``keys`` is an int32 buffer with one key per slot (default: the batch's peer ids).
+    Slots whose key is negative are left out, as are slots that are not alive.
+    """
+    cdef Py_ssize_t n = batch.count
+    if n == 0:
+        return {}
+    cdef const int32_t[::1] k = _keys(batch, keys)
+    cdef int32_t[::1] found = memoryview(bytearray(4 * n)).cast("i")
+    cdef int32_t[::1] counts = memoryview(bytearray(4 * n)).cast("i")
+    cdef Py_ssize_t alive = 0, i, j
+    cdef Py_ssize_t nd = count_keys(batch, k, found, counts, &alive)
+    cdef int32_t key
     if nd == 1 and alive == n:
-        return {distinct[0]: batch}
+        return {found[0]: batch}
     out = {}
     cdef PacketBatch dst
     cdef Py_ssize_t m, slot = batch.slot_size
     for j in range(nd):
         dst = PacketBatch(counts[j], slot - batch.headroom - batch.tailroom, batch.headroom,
                           batch.tailroom, slot)
-        key = distinct[j]
+        key = found[j]
         m = 0
         # Reads `batch`, writes the fresh `dst`; both owned by this call.
         with nogil(SHORT_SCAN_RELEASES_GIL):

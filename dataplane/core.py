@@ -45,7 +45,7 @@ from typing import Any
 
 from dataplane import _ident
 from dataplane._batch import DropReason, PacketBatch
-from dataplane._group import group
+from dataplane._group import distinct, group
 from dataplane.filter.packet import PacketFilter
 from dataplane.filter.source import SourceFilter
 from dataplane.results import Endpoint, Output
@@ -383,7 +383,7 @@ class DataPlane:
             self.stun_received += 1
         transmits = self.device.receive(now, batch)
         # The underlay an authenticated packet arrived on is where that peer now lives.
-        for peer in set(batch.peer_ids) - {-1}:
+        for peer in distinct(batch):
             if peer in self._underlay_of:
                 self._underlay_of[peer] = underlay_id
         _ident.unpad(batch)

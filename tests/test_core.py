@@ -288,3 +288,19 @@ def test_private_key_change_keeps_peers_and_drops_sessions():
     assert p.a.public_key == new.public_key and p.a.private_key == new
     assert not p.a.stats().peers[p.pa].has_session
     assert p.a.peer_ids() == [p.pa]
+
+
+def test_group_and_distinct():
+    from dataplane._group import distinct, group
+
+    b = PacketBatch.from_packets([b"a", b"bb", b"ccc", b"dddd", b"e"])
+    for i, peer in enumerate([3, 1, 3, -1, 1]):
+        b.set_peer(i, peer)
+    b.set_status(4, DropReason.NO_ROUTE)
+    assert distinct(b) == [3, 1]
+    g = group(b)
+    assert {k: v.packets() for k, v in g.items()} == {3: [b"a", b"ccc"], 1: [b"bb"]}
+    assert g[3].offset(1) == b.offset(2)  # same headroom, so headers still fit in front
+    solo = PacketBatch.from_packets([b"x", b"y"])
+    solo.fill_peer(7)
+    assert group(solo)[7] is solo  # one key, all alive: no copy
