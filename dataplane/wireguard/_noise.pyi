@@ -1,5 +1,7 @@
 """Typing stub for dataplane.wireguard._noise (see _noise.pyx)."""
 
+from collections.abc import Callable
+
 from typing_extensions import Buffer
 
 def blake2s(data: Buffer) -> bytes: ...
@@ -17,3 +19,10 @@ def response(
 ) -> tuple[bytes, bytes, bytes]: ...
 def mac(key: Buffer, data: Buffer) -> bytes: ...
 def check_mac1(key: Buffer, msg: Buffer) -> bool: ...
+def consume_initiation(
+    h0: Buffer,
+    ck0: Buffer,
+    body: Buffer,
+    es: Buffer,
+    static_static: Callable[[bytes], bytes | None],
+) -> tuple[bytes, bytes, bytes, bytes] | str: ...

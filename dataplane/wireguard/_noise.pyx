@@ -1123,3 +1123,29 @@ def response(const uint8_t[::1] h_in, const uint8_t[::1] ck_in, const uint8_t[::
     OPENSSL_cleanse(keys, sizeof(keys))
     OPENSSL_cleanse(ck, sizeof(ck))
     return result
+
+
+def consume_initiation(const uint8_t[::1] h0, const uint8_t[::1] ck0,
+                       const uint8_t[::1] body, const uint8_t[::1] es, static_static):
+    """``initiation_static``, the lookup ``static_static(s)`` (the precomputed DH with that
+    peer, or None) and ``initiation_payload`` in one call: (s, payload, h, ck), or a str
+    saying why the initiation is refused."""
+    found = initiation_static(h0, ck0, body, es)
+    if found is None:
+        return "handshake AEAD authentication failed"
+    s, h, ck = found
+    ss = static_static(s)
+    if ss is None:
+        return "initiation from an unknown static key"
+    cdef const uint8_t[::1] v = ss
+    cdef uint8_t acc = 0
+    cdef Py_ssize_t i
+    for i in range(v.shape[0]):  # constant time, as hmac.compare_digest
+        acc |= v[i]
+    if acc == 0:
+        return "all-zero static-static X25519 result"
+    opened = initiation_payload(h, ck, body, ss)
+    if opened is None:
+        return "handshake AEAD authentication failed"
+    payload, h, ck = opened
+    return s, payload, h, ck

@@ -225,20 +225,13 @@ def consume_message_initiation(
     if len(body) != KEY_SIZE + enc_static_size + payload_size + AEAD_TAG_SIZE:
         raise NoiseError("initiation body has the wrong length")
     e_pub = body[:KEY_SIZE]
-    if pattern.psk:  # the usual case, WireGuard's: the symmetric steps in two C calls
-        found = _noise.initiation_static(cache.h0, cache.ck0, body, DH(local_static, e_pub))
-        if found is None:
-            raise NoiseError("handshake AEAD authentication failed")
-        remote_static, h, ck = found
-        ss = static_static(remote_static)
-        if ss is None:
-            raise NoiseError("initiation from an unknown static key")
-        if hmac.compare_digest(ss, _ZERO32):
-            raise NoiseError("all-zero static-static X25519 result")
-        opened = _noise.initiation_payload(h, ck, body, ss)
-        if opened is None:
-            raise NoiseError("handshake AEAD authentication failed")
-        payload, h, ck = opened
+    if pattern.psk:  # the usual case, WireGuard's: every symmetric step in one C call
+        r = _noise.consume_initiation(
+            cache.h0, cache.ck0, body, DH(local_static, e_pub), static_static
+        )
+        if type(r) is str:
+            raise NoiseError(r)
+        remote_static, payload, h, ck = r
         return ResponderState(h, ck, e_pub, remote_static, payload, pattern)
     enc_static = body[KEY_SIZE : KEY_SIZE + enc_static_size]
     enc_payload = body[KEY_SIZE + enc_static_size :]
