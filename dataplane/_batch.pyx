@@ -107,12 +107,16 @@ cdef class PacketBatch:
         self.count = 0
         self._buf = bytearray(capacity * size)
         self.slab = self._buf
-        self.offsets = memoryview(bytearray(4 * capacity)).cast("I")
-        self.lengths = memoryview(bytearray(4 * capacity)).cast("I")
-        self.peers = memoryview(bytearray(4 * capacity)).cast("i")
-        self.status = bytearray(capacity)
-        self.ep_addr = memoryview(bytearray(16 * capacity)).cast("B", (capacity, 16))
-        self.ep_port = memoryview(bytearray(2 * capacity)).cast("H")
+        # All per-slot metadata in one allocation (small batches are made per handshake);
+        # 4-byte arrays first, so every array starts aligned to its element size.
+        cdef Py_ssize_t c = capacity
+        meta = memoryview(bytearray(31 * c))
+        self.offsets = meta[0:4 * c].cast("I")
+        self.lengths = meta[4 * c:8 * c].cast("I")
+        self.peers = meta[8 * c:12 * c].cast("i")
+        self.ep_port = meta[12 * c:14 * c].cast("H")
+        self.status = meta[14 * c:15 * c]
+        self.ep_addr = meta[15 * c:31 * c].cast("B", (c, 16))
         self.peers[:] = -1
 
     @classmethod

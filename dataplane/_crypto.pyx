@@ -28,7 +28,8 @@ from dataplane._batch cimport (
     ST_NO_ROOM, ST_CRYPTO_ERROR,
 )
 from dataplane._libcrypto cimport (
-    EVP_CIPHER_CTX, EVP_CIPHER_CTX_new, EVP_CIPHER_CTX_free, EVP_CIPHER_CTX_ctrl,
+    EVP_CIPHER, EVP_CIPHER_fetch, EVP_CIPHER_CTX, EVP_CIPHER_CTX_new, EVP_CIPHER_CTX_free,
+    EVP_CIPHER_CTX_ctrl,
     EVP_chacha20_poly1305, EVP_EncryptInit_ex, EVP_EncryptUpdate, EVP_EncryptFinal_ex,
     EVP_DecryptInit_ex, EVP_DecryptUpdate, EVP_DecryptFinal_ex,
     EVP_CTRL_AEAD_GET_TAG, EVP_CTRL_AEAD_SET_TAG, OPENSSL_cleanse,
@@ -47,6 +48,12 @@ cdef enum:
     # RFC 6479 ring of RING_WORDS 64-bit words; one word is always being recycled.
     RING_WORDS = 128
     WINDOW_BITS = (RING_WORDS - 1) * 64
+
+# Fetched once: passing the legacy EVP_chacha20_poly1305() to an init makes OpenSSL 3 look
+# the provider implementation up again every time (a handshake creates two keys).
+cdef const EVP_CIPHER* CHACHA20_POLY1305 = EVP_CIPHER_fetch(NULL, b"ChaCha20-Poly1305", NULL)
+if CHACHA20_POLY1305 == NULL:
+    CHACHA20_POLY1305 = EVP_chacha20_poly1305()
 
 REJECT_AFTER_MESSAGES = C_REJECT_AFTER_MESSAGES
 REPLAY_WINDOW_BITS = WINDOW_BITS
@@ -156,11 +163,8 @@ cdef class _Key:
         self.ctx = EVP_CIPHER_CTX_new()
         if self.ctx == NULL:
             raise MemoryError("EVP_CIPHER_CTX_new failed")
-        cdef int ok
-        if self.encrypt:
-            ok = EVP_EncryptInit_ex(self.ctx, EVP_chacha20_poly1305(), NULL, &k[0], NULL)
-        else:
-            ok = EVP_DecryptInit_ex(self.ctx, EVP_chacha20_poly1305(), NULL, &k[0], NULL)
+        cdef int ok = EVP_CipherInit_ex2(self.ctx, CHACHA20_POLY1305, &k[0], NULL,
+                                         1 if self.encrypt else 0, NULL)
         if ok != 1:
             raise RuntimeError("OpenSSL refused the ChaCha20-Poly1305 key")
 
@@ -473,7 +477,7 @@ cdef object aead_oneshot(const uint8_t* key, const uint8_t* nonce12, const uint8
         raise MemoryError("EVP_CIPHER_CTX_new failed")
     try:
         if encrypt:
-            ok = EVP_EncryptInit_ex(ctx, EVP_chacha20_poly1305(), NULL, key, nonce12)
+            ok = EVP_EncryptInit_ex(ctx, CHACHA20_POLY1305, NULL, key, nonce12)
             if ok == 1 and aad.shape[0]:
                 ok = EVP_EncryptUpdate(ctx, NULL, &outl, &aad[0], <int>aad.shape[0])
             if ok == 1 and n:
@@ -485,7 +489,7 @@ cdef object aead_oneshot(const uint8_t* key, const uint8_t* nonce12, const uint8
             if ok != 1:
                 raise RuntimeError("OpenSSL failed to seal")
             return bytes(out)
-        ok = EVP_DecryptInit_ex(ctx, EVP_chacha20_poly1305(), NULL, key, nonce12)
+        ok = EVP_DecryptInit_ex(ctx, CHACHA20_POLY1305, NULL, key, nonce12)
         if ok == 1 and aad.shape[0]:
             ok = EVP_DecryptUpdate(ctx, NULL, &outl, &aad[0], <int>aad.shape[0])
         if ok == 1 and ct:
@@ -584,9 +588,9 @@ def _raw_evp_loop(key, buffer, Py_ssize_t count, Py_ssize_t size, bint encrypt,
         raise MemoryError()
     try:
         if encrypt:
-            EVP_EncryptInit_ex(ctx, EVP_chacha20_poly1305(), NULL, &k[0], NULL)
+            EVP_EncryptInit_ex(ctx, CHACHA20_POLY1305, NULL, &k[0], NULL)
         else:
-            EVP_DecryptInit_ex(ctx, EVP_chacha20_poly1305(), NULL, &k[0], NULL)
+            EVP_DecryptInit_ex(ctx, CHACHA20_POLY1305, NULL, &k[0], NULL)
         with nogil:
             for i in range(count):
                 wg_nonce(nonce, <uint64_t>i)

@@ -25,6 +25,7 @@ cdef extern from "openssl/evp.h" nogil:
     int EVP_CTRL_AEAD_SET_TAG
 
     const EVP_CIPHER *EVP_chacha20_poly1305()
+    EVP_CIPHER *EVP_CIPHER_fetch(void *libctx, const char *algorithm, const char *properties)
     EVP_CIPHER_CTX *EVP_CIPHER_CTX_new()
     void EVP_CIPHER_CTX_free(EVP_CIPHER_CTX *ctx)
     int EVP_CIPHER_CTX_ctrl(EVP_CIPHER_CTX *ctx, int type, int arg, void *ptr)

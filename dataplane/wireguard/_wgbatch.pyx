@@ -62,7 +62,7 @@ def classify(PacketBatch batch not None):
     cdef uint8_t st
     cdef const uint8_t* p
     cdef uint32_t[::1] hs = memoryview(bytearray(4 * max(count, 1))).cast("I")
-    with nogil:
+    with nogil(SHORT_SCAN_RELEASES_GIL):
         for i in range(count):
             if batch.status[i] != ST_OK or batch.peers[i] != -1:
                 continue
@@ -82,7 +82,7 @@ def tally(PacketBatch batch not None, int32_t peer):
     cdef Py_ssize_t i, count = batch.count, last = -1
     cdef Py_ssize_t data = 0, keepalives = 0
     cdef uint64_t nbytes = 0
-    with nogil:
+    with nogil(SHORT_SCAN_RELEASES_GIL):
         for i in range(count):
             if batch.status[i] != ST_OK or batch.peers[i] != peer:
                 continue
@@ -100,7 +100,7 @@ def tally_sealed(PacketBatch batch not None):
     """(alive slots, their total length): what a sealed batch puts on the wire."""
     cdef Py_ssize_t i, count = batch.count, n = 0
     cdef uint64_t nbytes = 0
-    with nogil:
+    with nogil(SHORT_SCAN_RELEASES_GIL):
         for i in range(count):
             if batch.status[i] == ST_OK:
                 n += 1
@@ -111,7 +111,7 @@ def tally_sealed(PacketBatch batch not None):
 def mark_unclaimed(PacketBatch batch not None, uint8_t status):
     """Give ``status`` to every alive slot no stage claimed (peer still -1); return how many."""
     cdef Py_ssize_t i, count = batch.count, n = 0
-    with nogil:
+    with nogil(SHORT_SCAN_RELEASES_GIL):
         for i in range(count):
             if batch.status[i] == ST_OK and batch.peers[i] == -1:
                 batch.status[i] = status
@@ -123,7 +123,7 @@ def mark_receiver(PacketBatch batch not None, uint32_t receiver_index, uint8_t s
     """Give ``status`` to the alive unclaimed transport slots for ``receiver_index``."""
     cdef Py_ssize_t i, count = batch.count, n = 0
     cdef const uint8_t* p
-    with nogil:
+    with nogil(SHORT_SCAN_RELEASES_GIL):
         for i in range(count):
             if batch.status[i] != ST_OK or batch.peers[i] != -1 or batch.lengths[i] < 8:
                 continue
@@ -137,7 +137,7 @@ def mark_receiver(PacketBatch batch not None, uint32_t receiver_index, uint8_t s
 def set_status_where(PacketBatch batch not None, uint8_t old, uint8_t new):
     """Replace status ``old`` by ``new`` on every slot; return how many."""
     cdef Py_ssize_t i, count = batch.count, n = 0
-    with nogil:
+    with nogil(SHORT_SCAN_RELEASES_GIL):
         for i in range(count):
             if batch.status[i] == old:
                 batch.status[i] = new
@@ -200,7 +200,7 @@ def classify_batch(PacketBatch batch not None):
     before = status_snapshot(batch)
     handshakes = classify(batch)
     cdef Py_ssize_t i, count = batch.count, n = 0
-    with nogil:
+    with nogil(SHORT_SCAN_RELEASES_GIL):
         for i in range(count):
             if batch.status[i] == ST_OK and batch.peers[i] == -1 and batch.pkt_ptr(i)[0] == 4:
                 n += 1
