@@ -1,4 +1,5 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
+# cython: cdivision=True
 """BLAKE2s, HMAC-BLAKE2s and the Noise KDF chain in C, for the handshake's symmetric work.
 
 Theory of operation: a WireGuard responder runs about twenty HMAC-BLAKE2s over inputs of at
@@ -887,7 +888,8 @@ def mac(const uint8_t[::1] key, const uint8_t[::1] data):
     cdef uint8_t out[16]
     if key.shape[0] > 32:
         raise ValueError(f"MAC key must be at most 32 bytes, got {key.shape[0]}")
-    mac_c(&key[0] if key.shape[0] else NULL, key.shape[0], &data[0] if data.shape[0] else NULL, data.shape[0], out)
+    mac_c(&key[0] if key.shape[0] else NULL, key.shape[0],
+          &data[0] if data.shape[0] else NULL, data.shape[0], out)
     return out[:16]
 
 
@@ -974,7 +976,7 @@ def kdf(int n, key, const uint8_t[::1] data):
 # Each AEAD key seals or opens exactly one message (nonce 0, aad h), as in noise.py.
 
 from dataplane._libcrypto cimport (
-    EVP_CIPHER_CTX, EVP_CIPHER_CTX_new, EVP_CIPHER_CTX_free, EVP_CIPHER_CTX_ctrl,
+    EVP_CIPHER_CTX, EVP_CIPHER_CTX_new, EVP_CIPHER_CTX_ctrl,
     EVP_CTRL_AEAD_GET_TAG, EVP_CTRL_AEAD_SET_TAG, EVP_chacha20_poly1305,
     EVP_CipherInit_ex2, EVP_EncryptUpdate, EVP_EncryptFinal_ex,
     EVP_DecryptUpdate, EVP_DecryptFinal_ex, OPENSSL_cleanse,
@@ -1049,7 +1051,9 @@ def initiation_static(const uint8_t[::1] h0, const uint8_t[::1] ck0,
     cdef uint8_t keys[64]
     cdef uint8_t s[32]
     cdef int ok
-    need(h0, OUT, "h"); need(ck0, OUT, "ck"); need(es, OUT, "es")
+    need(h0, OUT, "h")
+    need(ck0, OUT, "ck")
+    need(es, OUT, "es")
     if body.shape[0] < OUT + OUT + TAG:
         raise ValueError("initiation body has the wrong length")
     memcpy(h, &h0[0], OUT)
@@ -1076,7 +1080,9 @@ def initiation_payload(const uint8_t[::1] h_in, const uint8_t[::1] ck_in,
     cdef Py_ssize_t off = OUT + OUT + TAG
     cdef Py_ssize_t n
     cdef int ok
-    need(h_in, OUT, "h"); need(ck_in, OUT, "ck"); need(ss, OUT, "ss")
+    need(h_in, OUT, "h")
+    need(ck_in, OUT, "ck")
+    need(ss, OUT, "ss")
     if body.shape[0] < off + TAG or body.shape[0] > INIT_BODY + 64:
         raise ValueError("initiation body has the wrong length")
     n = body.shape[0] - off
@@ -1104,8 +1110,12 @@ def response(const uint8_t[::1] h_in, const uint8_t[::1] ck_in, const uint8_t[::
     cdef uint8_t keys[96]
     cdef uint8_t sealed[16]
     cdef int ok
-    need(h_in, OUT, "h"); need(ck_in, OUT, "ck"); need(e, OUT, "e"); need(ee, OUT, "ee")
-    need(se, OUT, "se"); need(psk, OUT, "psk")
+    need(h_in, OUT, "h")
+    need(ck_in, OUT, "ck")
+    need(e, OUT, "e")
+    need(ee, OUT, "ee")
+    need(se, OUT, "se")
+    need(psk, OUT, "psk")
     memcpy(h, &h_in[0], OUT)
     mix_hash(h, &e[0], OUT)
     kdf_c(&ck_in[0], OUT, &e[0], OUT, 1, ck)

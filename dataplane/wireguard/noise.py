@@ -105,11 +105,13 @@ def KDF1(key: bytes, data: bytes) -> bytes:
 
 
 def KDF2(key: bytes, data: bytes) -> tuple[bytes, bytes]:
-    return _kdf(2, key, data)  # type: ignore[no-any-return]
+    a, b = _kdf(2, key, data)
+    return a, b
 
 
 def KDF3(key: bytes, data: bytes) -> tuple[bytes, bytes, bytes]:
-    return _kdf(3, key, data)  # type: ignore[no-any-return]
+    a, b, c = _kdf(3, key, data)
+    return a, b, c
 
 
 def DH(private: X25519PrivateKey, public: bytes | X25519PublicKey) -> bytes:
@@ -229,7 +231,7 @@ def consume_message_initiation(
         r = _noise.consume_initiation(
             cache.h0, cache.ck0, body, DH(local_static, e_pub), static_static
         )
-        if type(r) is str:
+        if isinstance(r, str):
             raise NoiseError(r)
         remote_static, payload, h, ck = r
         return ResponderState(h, ck, e_pub, remote_static, payload, pattern)
