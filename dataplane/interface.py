@@ -11,7 +11,7 @@ reverse on any failure:
    a peer sends, is decrypted and passes AllowedIPs goes to it
    (``set_routes(inbound={"0.0.0.0/0": tun, "::/0": tun})``): the kernel decides what is
    local, as with any interface;
-4. the UDP underlay (:class:`RebindableUdp`) on ``ListenPort`` (random when absent),
+4. the UDP underlay (a rebindable :class:`UdpTransport`) on ``ListenPort`` (random if absent),
    dual-stack on ``::`` where IPv6 exists. It keeps one underlay id for its whole life
    and swaps only its socket on ``wg set listen-port``, so every peer, including peers
    added later over UAPI (which land on underlay 0), keeps a valid underlay;
@@ -45,23 +45,20 @@ import threading
 import time
 from typing import Any
 
-from dataplane._batch import PacketBatch
 from dataplane.config import Config, ConfigError, interface_name, load
 from dataplane.core import DataPlane
 from dataplane.driver import ThreadedDataPlane
-from dataplane.queues import QueueClosed
 from dataplane.transport.tun import TunDevice, TunError, TunTransport, interface_exists
-from dataplane.transport.udp import UdpSocket
+from dataplane.transport.udp import UdpTransport
 from dataplane.uapi import DEFAULT_SOCKET_DIR, CoreSlot, Interface, UAPIError, UAPIServer
 from dataplane.wireguard.keys import PrivateKey, PublicKey
 
-__all__ = ["InterfaceError", "RebindableUdp", "RunningInterface", "resolve_config_path"]
+__all__ = ["InterfaceError", "open_underlay", "RunningInterface", "resolve_config_path"]
 
 log = logging.getLogger(__name__)
 
 CONFIG_DIR = "/etc/wireguard"
 DEFAULT_MTU = 1420
-WG_OVERHEAD = 48  # headroom the UDP receive slots need beyond the inner MTU (header + tag + pad)
 POLL = 0.5
 SO_MARK = getattr(socket, "SO_MARK", 36)
 
@@ -73,105 +70,14 @@ class InterfaceError(RuntimeError):
 # -- the UDP underlay -------------------------------------------------------------------------
 
 
-class RebindableUdp:
-    """An underlay transport over a ``UdpSocket`` that can move to another port.
-
-    Two named driver threads, as ``UdpTransport``; the socket is read under ``_rx_lock``
-    and written under ``_tx_lock``, so ``rebind`` can swap it and close the old one once
-    neither thread uses it any more.
-    """
-
-    def __init__(self, driver: Any, port: int, *, mtu: int = DEFAULT_MTU, capacity: int = 128):
-        self._driver = driver
-        self._mtu = mtu
-        self._capacity = capacity
-        self._fwmark = 0
-        self.socket = self._open(port)
-        self.handle = driver.new_underlay_transport()
-        self.id: int = self.handle.id
-        self._stop = threading.Event()
-        self._rx_lock = threading.Lock()
-        self._tx_lock = threading.Lock()
-        self._threads = [
-            driver.spawn(f"udp{self.id}-rx", self._receive_loop),
-            driver.spawn(f"udp{self.id}-tx", self._send_loop),
-        ]
-
-    def _open(self, port: int) -> UdpSocket:
-        try:
-            sock = UdpSocket(("::", port), capacity=self._capacity)
-        except OSError as e:
-            if e.errno not in (errno_mod.EAFNOSUPPORT, errno_mod.EADDRNOTAVAIL):
-                raise
-            sock = UdpSocket(("0.0.0.0", port), capacity=self._capacity)
-        if self._fwmark:
-            self._mark(sock, self._fwmark)
-        return sock
-
-    @staticmethod
-    def _mark(sock: UdpSocket, mark: int) -> None:
-        sock.sock.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
-
-    @property
-    def port(self) -> int:
-        return self.socket.address[1]
-
-    def rebind(self, port: int) -> int:
-        """Move to ``port`` (0: any); OSError (EADDRINUSE…) leaves the old socket in place."""
-        new = self._open(port)
-        old, self.socket = self.socket, new
-        old.wake()
-        with self._rx_lock, self._tx_lock:
-            old.close()
-        log.info("listening on UDP port %d", self.port)
-        return self.port
-
-    def set_fwmark(self, mark: int) -> None:
-        self._fwmark = mark
-        try:
-            self._mark(self.socket, mark)
-        except OSError as e:
-            log.warning("cannot set fwmark %#x: %s", mark, e.strerror)
-
-    def _receive_loop(self) -> None:
-        while not self._stop.is_set():
-            with self._rx_lock:
-                sock = self.socket
-                if sock.closed:
-                    continue
-                batch = PacketBatch(self._capacity, mtu=self._mtu + WG_OVERHEAD)
-                sock.recv_batch(batch, timeout=POLL)
-            if len(batch) and not self.handle.incoming.put(batch):
-                pass  # counted by the driver's input queue
-
-    def _send_loop(self) -> None:
-        out = self.handle.outgoing
-        while True:
-            try:
-                item = out.get(timeout=POLL)
-            except QueueClosed:
-                return
-            if item is None:
-                if self._stop.is_set():
-                    return
-                continue
-            endpoint, batch = item
-            with self._tx_lock:
-                if isinstance(batch, PacketBatch):
-                    self.socket.send_batch(batch, endpoint)
-                else:
-                    for pkt in batch:
-                        self.socket.sendto(pkt, endpoint)
-
-    def close(self) -> None:
-        self._stop.set()
-        self.socket.wake()
-        self._driver.remove_underlay_transport(self.id)
-        current = threading.current_thread()
-        for t in self._threads:
-            if t is not current:
-                t.join(5)
-        self.socket.close()
+def open_underlay(driver: Any, port: int, *, mtu: int = DEFAULT_MTU) -> UdpTransport:
+    """The interface's UDP underlay: dual-stack on ``::``, IPv4 only where there is no IPv6."""
+    try:
+        return UdpTransport(driver, ("::", port), mtu=mtu)
+    except OSError as e:
+        if e.errno not in (errno_mod.EAFNOSUPPORT, errno_mod.EADDRNOTAVAIL):
+            raise
+        return UdpTransport(driver, ("0.0.0.0", port), mtu=mtu)
 
 
 # -- the interface ----------------------------------------------------------------------------
@@ -207,7 +113,7 @@ class RunningInterface:
         self.tun: TunDevice | None = None
         self.driver: ThreadedDataPlane | None = None
         self.overlay: TunTransport | None = None
-        self.udp: RebindableUdp | None = None
+        self.udp: UdpTransport | None = None
         self.interface: Interface | None = None
         self.server: UAPIServer | None = None
 
@@ -242,7 +148,7 @@ class RunningInterface:
         self.overlay = TunTransport(self.driver, self.tun, on_gone=self._tun_gone)
         slot.core = self._new_core(key or PrivateKey.generate())
         try:
-            self.udp = RebindableUdp(self.driver, cfg.listen_port or 0, mtu=self.mtu)
+            self.udp = open_underlay(self.driver, cfg.listen_port or 0, mtu=self.mtu)
         except OSError as e:
             raise InterfaceError(
                 f"cannot listen on UDP port {cfg.listen_port}: {e.strerror}"

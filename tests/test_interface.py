@@ -15,7 +15,7 @@ from dataplane import cli
 from dataplane._batch import PacketBatch
 from dataplane.core import DataPlane
 from dataplane.driver import ThreadedDataPlane
-from dataplane.interface import RebindableUdp, format_status, resolve_config_path
+from dataplane.interface import format_status, open_underlay, resolve_config_path
 from dataplane.uapi import CoreSlot, Interface, UAPIServer
 from dataplane.wireguard.keys import PresharedKey, PrivateKey
 
@@ -106,7 +106,7 @@ def test_show_and_down_through_the_uapi_socket(sockdir, capsys):
 def test_rebindable_udp_moves_port_and_keeps_its_underlay_id():
     core = DataPlane(PrivateKey.generate())
     driver = ThreadedDataPlane(core, name="t-udp")
-    udp = RebindableUdp(driver, 0)
+    udp = open_underlay(driver, 0)
     peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         first = udp.port

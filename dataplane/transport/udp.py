@@ -36,6 +36,7 @@ DEFAULT_BUFFER = 8 << 20
 # Receive slots must hold a full sealed datagram: MTU 1420 + 32 bytes of WireGuard overhead
 # fits the default PacketBatch slot (1472 B, 16 B headroom).
 RECV_POLL_INTERVAL = 0.5
+SO_MARK = getattr(socket, "SO_MARK", 36)
 
 
 def _errname(code: int) -> str:
@@ -151,7 +152,14 @@ class UdpSocket:
 
 
 class UdpTransport:
-    """An underlay transport of a ThreadedDataPlane over one ``UdpSocket``."""
+    """An underlay transport of a ThreadedDataPlane over one ``UdpSocket``.
+
+    The socket is read under ``_rx_lock`` and written under ``_tx_lock``, so ``rebind``
+    can swap in a socket on another port and close the old one once neither the receiver
+    nor a sender uses it (and an inline send from the driver never overlaps a queued one).
+    ``mtu`` (the inner MTU) sizes the receive slots: a slot from the headroom on holds
+    ``mtu`` + 32 bytes, a full sealed datagram (header + tag; no padding past the MTU).
+    """
 
     def __init__(
         self,
@@ -160,12 +168,20 @@ class UdpTransport:
         *,
         capacity: int = 128,
         buffer_bytes: int = DEFAULT_BUFFER,
+        mtu: int = 1420,
     ) -> None:
+        self._host = bind[0]
+        self._capacity = capacity
+        self._buffer_bytes = buffer_bytes
+        self._mtu = mtu
+        self._fwmark = 0
         self.socket = UdpSocket(bind, capacity=capacity, buffer_bytes=buffer_bytes)
         self._driver = driver
         self.handle = driver.new_underlay_transport()
         self.id: int = self.handle.id
         self._stop = threading.Event()
+        self._rx_lock = threading.Lock()
+        self._tx_lock = threading.Lock()
         self.dropped_input_batches = 0
         self._threads = [
             driver.spawn(f"udp{self.id}-rx", self._receive_loop),
@@ -179,19 +195,53 @@ class UdpTransport:
     def address(self) -> Endpoint:
         return self.socket.address
 
+    @property
+    def port(self) -> int:
+        return self.socket.address[1]
+
+    def rebind(self, port: int) -> int:
+        """Move to ``port`` (0: any) on the same address; keeps the transport id.
+
+        An OSError (EADDRINUSE...) leaves the old socket in place.
+        """
+        new = UdpSocket(
+            (self._host, port), capacity=self._capacity, buffer_bytes=self._buffer_bytes
+        )
+        if self._fwmark:
+            _set_mark(new, self._fwmark)
+        old, self.socket = self.socket, new
+        old.wake()
+        with self._rx_lock, self._tx_lock:
+            old.close()
+        log.info("listening on UDP port %d", self.port)
+        return self.port
+
+    def set_fwmark(self, mark: int) -> None:
+        """Mark outgoing datagrams (SO_MARK, needs CAP_NET_ADMIN); kept across ``rebind``."""
+        self._fwmark = mark
+        try:
+            _set_mark(self.socket, mark)
+        except OSError as e:
+            log.warning("cannot set fwmark %#x: %s", mark, e.strerror)
+
     def _receive_loop(self) -> None:
-        sock = self.socket
         while not self._stop.is_set():
-            batch = sock.recv_batch(timeout=RECV_POLL_INTERVAL)
+            with self._rx_lock:
+                sock = self.socket
+                if sock.closed:
+                    continue
+                batch = PacketBatch(self._capacity, mtu=self._mtu)
+                sock.recv_batch(batch, timeout=RECV_POLL_INTERVAL)
             if len(batch) and not self.handle.incoming.put(batch):
                 self.dropped_input_batches += 1
 
     def _send_now(self, endpoint: Endpoint, batch: Any) -> None:
-        if isinstance(batch, PacketBatch):
-            self.socket.send_batch(batch, endpoint)
-        else:
-            for pkt in batch:
-                self.socket.sendto(pkt, endpoint)
+        with self._tx_lock:
+            if isinstance(batch, PacketBatch):
+                self.socket.send_batch(batch, endpoint)
+            else:
+                for pkt in batch:
+                    self.socket.sendto(pkt, endpoint)
 
     def _send_loop(self) -> None:
         out = self.handle.outgoing
@@ -220,3 +270,7 @@ class UdpTransport:
 
     def __repr__(self) -> str:
         return f"<UdpTransport {self.id} {self.socket!r}>"
+
+
+def _set_mark(sock: UdpSocket, mark: int) -> None:
+    sock.sock.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
