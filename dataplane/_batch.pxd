@@ -74,5 +74,13 @@ cdef class PacketBatch:
     cdef inline uint8_t* pkt_ptr(self, Py_ssize_t i) noexcept nogil:
         return &self.slab[i * self.slot_size + self.offsets[i]]
 
+    cdef inline Py_ssize_t first_bad_bounds(self) noexcept nogil:
+        # Stages validate bounds once per batch, then trust offsets/lengths in their loops.
+        cdef Py_ssize_t i
+        for i in range(self.count):
+            if <Py_ssize_t>self.offsets[i] + <Py_ssize_t>self.lengths[i] > self.slot_size:
+                return i
+        return -1
+
     cdef int _check_index(self, Py_ssize_t i) except -1
     cdef Py_ssize_t _norm(self, Py_ssize_t i) except -1

@@ -198,15 +198,6 @@ cdef inline uint8_t _classify(const uint8_t* p, Py_ssize_t n, uint8_t* kind,
     return _classify_payload(p, n, kind)
 
 
-cdef inline Py_ssize_t _first_bad_bounds(PacketBatch batch) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef Py_ssize_t size = batch.slot_size
-    for i in range(batch.count):
-        if <Py_ssize_t>batch.offsets[i] + <Py_ssize_t>batch.lengths[i] > size:
-            return i
-    return -1
-
-
 cdef Py_ssize_t classify_batch(PacketBatch batch, uint8_t* kinds,
                                uint32_t* vnis) noexcept nogil:
     cdef Py_ssize_t i, strip
@@ -217,7 +208,7 @@ cdef Py_ssize_t classify_batch(PacketBatch batch, uint8_t* kinds,
     cdef Py_ssize_t size = batch.slot_size
     if count == 0:
         return 0
-    if _first_bad_bounds(batch) >= 0:
+    if batch.first_bad_bounds() >= 0:
         return -1
     cdef uint8_t* slab = &batch.slab[0]
     cdef uint32_t* offsets = &batch.offsets[0]
@@ -277,7 +268,7 @@ cdef Py_ssize_t unpad_batch(PacketBatch batch) noexcept nogil:
     cdef Py_ssize_t size = batch.slot_size
     if count == 0:
         return 0
-    if _first_bad_bounds(batch) >= 0:
+    if batch.first_bad_bounds() >= 0:
         return -1
     cdef uint8_t* slab = &batch.slab[0]
     cdef uint32_t* offsets = &batch.offsets[0]
@@ -296,7 +287,7 @@ cdef Py_ssize_t unpad_batch(PacketBatch batch) noexcept nogil:
 
 
 cdef int _raise_bounds(PacketBatch batch) except -1:
-    cdef Py_ssize_t i = _first_bad_bounds(batch)
+    cdef Py_ssize_t i = batch.first_bad_bounds()
     raise ValueError(
         f"slot {i} has offset {batch.offsets[i]} + length {batch.lengths[i]} beyond its "
         f"slot of {batch.slot_size} bytes")

@@ -172,17 +172,6 @@ cdef uint16_t internet_checksum(const uint8_t* p, Py_ssize_t n) noexcept nogil:
     return htons(c)
 
 
-# -- bounds -------------------------------------------------------------------------------
-
-cdef inline bint _bad_bounds(PacketBatch batch) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef Py_ssize_t size = batch.slot_size
-    for i in range(batch.count):
-        if <Py_ssize_t>batch.offsets[i] + <Py_ssize_t>batch.lengths[i] > size:
-            return True
-    return False
-
-
 # -- building -----------------------------------------------------------------------------
 
 cdef inline uint8_t _push_one(uint8_t* slot, uint32_t* off, uint32_t* length,
@@ -254,7 +243,7 @@ cdef Py_ssize_t push_udp_batch(PacketBatch batch, const uint8_t* addrs, Py_ssize
     cdef Py_ssize_t size = batch.slot_size
     if count == 0:
         return 0
-    if _bad_bounds(batch):
+    if batch.first_bad_bounds() >= 0:
         return -1
     cdef uint8_t* slab = &batch.slab[0]
     cdef uint32_t* offsets = &batch.offsets[0]
@@ -396,7 +385,7 @@ cdef Py_ssize_t parse_udp_batch(PacketBatch batch, uint8_t* verdicts, uint8_t* a
     cdef Py_ssize_t size = batch.slot_size
     if count == 0:
         return 0
-    if _bad_bounds(batch):
+    if batch.first_bad_bounds() >= 0:
         return -1
     cdef uint8_t* slab = &batch.slab[0]
     cdef uint32_t* offsets = &batch.offsets[0]
@@ -502,7 +491,7 @@ cdef Py_ssize_t echo_reply_batch(PacketBatch batch, const uint8_t* ours, Py_ssiz
     cdef Py_ssize_t size = batch.slot_size
     if count == 0:
         return 0
-    if _bad_bounds(batch):
+    if batch.first_bad_bounds() >= 0:
         return -1
     cdef uint8_t* slab = &batch.slab[0]
     cdef uint32_t* offsets = &batch.offsets[0]
