@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from dataplane.queues import DEFAULT_DEPTH, BatchQueue
+from dataplane.queues import DEFAULT_DEPTH, BatchQueue, packets_in
 from dataplane.results import Endpoint, Output
 
 log = logging.getLogger(__name__)
@@ -131,13 +131,6 @@ class DriverStats:
     dropped_queue_full_batches: int = 0
     dropped_queue_full_packets: int = 0
     dropped_sink_error_packets: int = 0
-
-
-def _packets(batch: Any) -> int:
-    try:
-        return len(batch)
-    except TypeError:
-        return 1
 
 
 class ThreadedDataPlane:
@@ -330,22 +323,22 @@ class ThreadedDataPlane:
                         sink(endpoint, batch)
                     except Exception:
                         log.exception("underlay %d failed to send a batch inline", tid)
-                        st.dropped_sink_error_packets += _packets(batch)
+                        st.dropped_sink_error_packets += packets_in(batch)
                 elif uq is None:
                     st.dropped_no_transport_batches += 1
-                    st.dropped_no_transport_packets += _packets(batch)
+                    st.dropped_no_transport_packets += packets_in(batch)
                 elif not uq.put((endpoint, batch)):
                     st.dropped_queue_full_batches += 1
-                    st.dropped_queue_full_packets += _packets(batch)
+                    st.dropped_queue_full_packets += packets_in(batch)
         for oid, batches in out.to_overlay.items():
             oq = self._overlays.get(oid)
             for batch in batches:
                 if oq is None:
                     st.dropped_no_transport_batches += 1
-                    st.dropped_no_transport_packets += _packets(batch)
+                    st.dropped_no_transport_packets += packets_in(batch)
                 elif not oq.put(batch):
                     st.dropped_queue_full_batches += 1
-                    st.dropped_queue_full_packets += _packets(batch)
+                    st.dropped_queue_full_packets += packets_in(batch)
         for item in out.disco:
             self.disco.put(item)
         for item in out.stun:

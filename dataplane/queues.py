@@ -26,7 +26,8 @@ class QueueClosed(Exception):
     """The queue was closed and has nothing left to give."""
 
 
-def _packets_in(item: object) -> int:
+def packets_in(item: object) -> int:
+    """Packets carried by a queue item: a batch, or a tuple whose last element is one."""
     batch = item[-1] if isinstance(item, tuple) else item
     try:
         return len(batch)  # type: ignore[arg-type]
@@ -60,7 +61,7 @@ class BatchQueue(Generic[T]):
         with self._cond:
             if self._closed or len(self._items) >= self.maxlen:
                 self.dropped += 1
-                self.dropped_packets += _packets_in(item)
+                self.dropped_packets += packets_in(item)
                 return False
             self._items.append(item)
             self.enqueued += 1
