@@ -1,10 +1,11 @@
 """A running WireGuard interface: wg-quick file -> DataPlane + driver + UDP + TUN + UAPI.
 
-Theory of operation. ``RunningInterface.start()`` builds, in this order, and undoes in
-reverse on any failure:
+Theory of operation. ``RunningInterface.start()`` builds, in this order (the order of
+wg-quick's ``cmd_up``), and undoes in reverse on any failure:
 
 1. the TUN device named after the file (``wg0.conf`` -> ``wg0``) with the file's MTU
-   (default 1420) and a TX queue of 1000;
+   (default 1420) and a TX queue of 1000; then the ``PreUp`` hooks (wg-quick runs them
+   right after creating the link, so they may refer to it);
 2. the core, a ``DataPlane`` inside a ``uapi.CoreSlot`` (inert until a private key is
    set) so that ``wg set private-key`` can replace it, driven by a ``ThreadedDataPlane``;
 3. the TUN as overlay transport: our addresses are delivered to it, and every packet that
@@ -16,15 +17,28 @@ reverse on any failure:
    and swaps only its socket on ``wg set listen-port``, so every peer, including peers
    added later over UAPI (which land on underlay 0), keeps a valid underlay;
 5. the ``uapi.Interface`` (peers, keys, port, fwmark through ``apply_config``: the same
-   all-or-nothing path as ``wg setconf``), the addresses, link up, a route per AllowedIPs
-   prefix like wg-quick (prefixes of length 0 are skipped with a warning: wg-quick needs
-   policy routing for those, which is out of scope);
-6. the UAPI server on ``/var/run/wireguard/NAME.sock``.
+   all-or-nothing path as ``wg setconf``), the addresses, link up, ``DNS`` through
+   ``resolvconf``, and the routes of the AllowedIPs as wg-quick makes them according to
+   ``Table`` (:mod:`dataplane.wgquick`): none for ``off``, all in table N for a number or
+   name, and for ``auto`` a main-table route per prefix plus, for a ``/0``, wg-quick's
+   policy routing. For that the interface's fwmark (FwMark, or else the first free
+   table from 51820, set like ``wg set fwmark`` so ``wg show`` reports it) marks our UDP
+   socket, whose encrypted packets thus skip the tunnel's table;
+6. the UAPI server on ``/var/run/wireguard/NAME.sock``; then the ``PostUp`` hooks, which
+   can use ``wg`` on the interface.
+
+Every routing rule, route and DNS entry is recorded with its inverse command in a
+``wgquick.Teardown`` as soon as it is made. A failing PreUp/PostUp hook fails ``start()``
+with a one-line :class:`InterfaceError` after everything made so far is undone (without
+running the Down hooks, like wg-quick's ``del_if`` trap). Hooks run under a timeout
+(``hook_timeout``, 60 s by default).
 
 ``run()`` waits for SIGINT/SIGTERM, for the UAPI socket file to be deleted (this is how
 ``dataplane down`` stops an instance, and how wireguard-go is stopped too), for the TUN to
-disappear, or for a driver thread to fail; ``close()`` then removes the socket, stops and
-joins every thread and closes the TUN, which removes the interface.
+disappear, or for a driver thread to fail; ``close()`` then runs the ``PreDown`` hooks,
+removes DNS, rules and routes, removes the socket, stops and joins every thread, closes
+the TUN, which removes the interface, and runs the ``PostDown`` hooks. A failing Down hook
+is logged and the teardown goes on.
 
 ``dataplane up`` always runs in the foreground (``--foreground`` is accepted for
 compatibility with ``wireguard-go -f``): daemonizing after threads exist is unsafe in
@@ -50,7 +64,24 @@ from dataplane.core import DataPlane
 from dataplane.driver import ThreadedDataPlane
 from dataplane.transport.tun import TunDevice, TunError, TunTransport, interface_exists
 from dataplane.transport.udp import UdpTransport
-from dataplane.uapi import DEFAULT_SOCKET_DIR, CoreSlot, Interface, UAPIError, UAPIServer
+from dataplane.uapi import (
+    DEFAULT_SOCKET_DIR,
+    CoreSlot,
+    Interface,
+    SetRequest,
+    UAPIError,
+    UAPIServer,
+)
+from dataplane.wgquick import (
+    HOOK_TIMEOUT,
+    SetupError,
+    Teardown,
+    add_routes,
+    free_table,
+    plan_routes,
+    run_hooks,
+    set_dns,
+)
 from dataplane.wireguard.keys import PrivateKey, PublicKey
 
 __all__ = ["InterfaceError", "open_underlay", "RunningInterface", "resolve_config_path"]
@@ -103,10 +134,18 @@ def _uapi_socket_live(path: str) -> bool:
 class RunningInterface:
     """One interface brought up from a parsed configuration; see the module docstring."""
 
-    def __init__(self, name: str, config: Config, *, socket_dir: str = DEFAULT_SOCKET_DIR):
+    def __init__(
+        self,
+        name: str,
+        config: Config,
+        *,
+        socket_dir: str = DEFAULT_SOCKET_DIR,
+        hook_timeout: float = HOOK_TIMEOUT,
+    ):
         self.name = name
         self.config = config
         self.socket_dir = socket_dir
+        self.hook_timeout = hook_timeout
         self.mtu = config.interface.mtu or DEFAULT_MTU
         self.stop_reason: str | None = None
         self._stopped = threading.Event()
@@ -116,6 +155,9 @@ class RunningInterface:
         self.udp: UdpTransport | None = None
         self.interface: Interface | None = None
         self.server: UAPIServer | None = None
+        self.teardown = Teardown()  # rules, routes, DNS: undone in close()
+        self.policy_table: int | None = None
+        self._up = False  # start() completed: close() runs the Down hooks
 
     # -- building --
 
@@ -133,14 +175,31 @@ class RunningInterface:
             raise InterfaceError(f"interface {self.name} is already up ({sock_path} answers)")
         try:
             self._build()
+        except SetupError as e:
+            self.close()
+            raise InterfaceError(str(e)) from None
         except BaseException:
             self.close()
             raise
+        self._up = True
+        log.info(
+            "interface %s up: UDP port %d, MTU %d, %d peer(s)",
+            self.name,
+            self.udp.port if self.udp else 0,
+            self.mtu,
+            len(self.config.peers),
+        )
         return self
+
+    def _hooks(self, phase: str, hooks: list[str], *, check: bool) -> None:
+        run_hooks(phase, hooks, self.name, check=check, timeout=self.hook_timeout)
 
     def _build(self) -> None:
         cfg = self.config.interface
         self.tun = TunDevice(self.name, mtu=self.mtu)
+        self._hooks("PreUp", cfg.pre_up, check=True)
+        if cfg.save_config:
+            log.warning("SaveConfig = true is not supported: %s will not be rewritten", self.name)
         key = cfg.private_key
         # Without a key the slot is inert (drops everything); the core's key is a placeholder.
         slot = CoreSlot(DataPlane(key or PrivateKey.generate(), mtu=self.mtu), inert=key is None)
@@ -167,17 +226,8 @@ class RunningInterface:
             raise InterfaceError(f"configuration refused: {e}") from None
         self.tun.add_addresses(cfg.addresses)
         self.tun.set_up()
-        routes = []
-        for peer in self.config.peers:
-            for net in peer.allowed_ips:
-                if net.prefixlen == 0:
-                    log.warning("not routing %s to %s (needs policy routing)", net, self.name)
-                elif not any(
-                    net.network_address in a.network and net.prefixlen >= a.network.prefixlen
-                    for a in cfg.addresses
-                ):
-                    routes.append(net)
-        self.tun.add_routes(routes)
+        set_dns(self.name, cfg.dns, self.teardown, timeout=self.hook_timeout)
+        self._add_routes()
         self.server = UAPIServer(
             self.name, self.interface, socket_dir=self.socket_dir, on_deleted=self._socket_deleted
         )
@@ -185,13 +235,40 @@ class RunningInterface:
             self.server.start()
         except (OSError, ValueError) as e:
             raise InterfaceError(f"cannot create the UAPI socket: {e}") from None
-        log.info(
-            "interface %s up: UDP port %d, MTU %d, %d peer(s)",
-            self.name,
-            self.udp.port,
-            self.mtu,
-            len(self.config.peers),
+        self._hooks("PostUp", cfg.post_up, check=True)
+
+    def _add_routes(self) -> None:
+        cfg = self.config.interface
+        plan = plan_routes(
+            cfg.table, cfg.addresses, [n for p in self.config.peers for n in p.allowed_ips]
         )
+        if plan.policy:
+            assert self.interface is not None
+            # wg-quick's get_fwmark/add_default: the fwmark is the table; pick a free one
+            # and set it like `wg set fwmark` when the file has none.
+            table = self.interface.fwmark or free_table()
+            if not self.interface.fwmark:
+                log.info("[#] wg set %s fwmark %d", self.name, table)
+                try:
+                    self.interface.set(SetRequest(fwmark=table))
+                except UAPIError as e:
+                    raise InterfaceError(f"cannot set fwmark {table}: {e}") from None
+            self.policy_table = table
+            self._check_mark(table)
+        add_routes(self.name, plan, self.teardown, policy_table=self.policy_table)
+
+    def _check_mark(self, mark: int) -> None:
+        # Unmarked, our own encrypted datagrams would be routed into the tunnel (a loop),
+        # and UdpTransport.set_fwmark only logs a failure: check the socket itself.
+        sock = getattr(getattr(self.udp, "socket", None), "sock", None)
+        if sock is None:
+            return
+        got = sock.getsockopt(socket.SOL_SOCKET, SO_MARK)
+        if got != mark:
+            raise InterfaceError(
+                f"cannot mark the UDP socket with fwmark {mark} (needs CAP_NET_ADMIN), "
+                "which the default route's policy routing needs"
+            )
 
     # -- running --
 
@@ -252,10 +329,20 @@ class RunningInterface:
 
     def close(self) -> None:
         """Tear everything down in reverse order; every step runs even if one fails."""
+        up, self._up = self._up, False
+        hooks = self.config.interface
+        if up:
+            try:
+                self._hooks("PreDown", hooks.pre_down, check=False)
+            except Exception as e:  # noqa: BLE001 - keep tearing down the rest
+                log.error("PreDown hooks failed: %s", e)
         try:
             self.log_stats()
         except Exception as e:  # noqa: BLE001 - statistics must not stop the teardown
             log.error("reading statistics failed: %s", e)
+        # Rules and DNS first, while the interface still exists: from here on traffic goes
+        # by the main table again instead of into a table whose device is going away.
+        self.teardown.run()
         steps = (
             ("UAPI server", self.server),
             ("UDP", self.udp),
@@ -275,6 +362,11 @@ class RunningInterface:
         self.overlay = None
         self.driver = None
         self.tun = None
+        if up:
+            try:
+                self._hooks("PostDown", hooks.post_down, check=False)
+            except Exception as e:  # noqa: BLE001 - nothing else left to do
+                log.error("PostDown hooks failed: %s", e)
 
 
 # -- the command line ---------------------------------------------------------------------------
