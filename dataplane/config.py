@@ -17,11 +17,10 @@ keys are errors, never silently dropped. Stricter than ``wg`` on purpose: two ``
 sections with one PublicKey, or a peer with the interface's own key, are errors (``wg``
 would merge or ignore them), and whitespace inside a key is not removed.
 
-``Address``, ``MTU`` and ``FwMark`` are acted on by the interface code; ``DNS``, ``Table``,
-``PreUp``/``PostUp``/``PreDown``/``PostDown`` and ``SaveConfig`` are parsed, validated as
-far as wg-quick does, kept and written back, but **not acted on** by ``dataplane``
-(running hooks or editing resolv.conf and routing tables is the job of a wg-quick-like
-wrapper, not of the data plane).
+This module only parses and writes. ``dataplane up`` (:mod:`dataplane.interface`, with
+:mod:`dataplane.wgquick`) acts on ``Address``, ``MTU``, ``FwMark``, ``DNS``, ``Table`` and
+the ``PreUp``/``PostUp``/``PreDown``/``PostDown`` hooks as wg-quick does; ``SaveConfig``
+is parsed, kept and written back, but not acted on (``up`` warns).
 
 Endpoints keep the host as written (``Endpoint.host``) so that a file round-trips, and the
 address it resolved to (``Endpoint.address``) through a resolver the caller can replace
@@ -105,7 +104,7 @@ class InterfaceConfig:
     fwmark: int | None = None  # None: not given; 0: "off"
     addresses: list[IPInterface] = field(default_factory=list)
     mtu: int | None = None
-    # Kept and written back, not acted on (see the module docstring).
+    # wg-quick-only keys: acted on by dataplane.interface (SaveConfig is only kept).
     dns: list[str] = field(default_factory=list)
     table: str | None = None
     pre_up: list[str] = field(default_factory=list)

@@ -48,6 +48,7 @@ Python, and service managers (systemd, ``ip netns exec … &``) do it better.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno as errno_mod
 import logging
 import os
@@ -57,6 +58,7 @@ import stat
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from dataplane.config import Config, ConfigError, interface_name, load
@@ -416,6 +418,33 @@ def _fail(message: str) -> int:
     return 1
 
 
+class _Terminated(BaseException):
+    """SIGTERM while ``start()`` runs: unwinds it so that it undoes what it made."""
+
+
+@contextlib.contextmanager
+def _terminate_interrupts() -> Iterator[None]:
+    # start() may wait for hooks for a long time; like wg-quick's `trap del_if TERM`, a
+    # SIGTERM then undoes the rules, routes and DNS made so far instead of leaving them
+    # behind. Only the first signal interrupts: a second must not cut the teardown short.
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired = False
+
+    def handler(signum: int, frame: Any) -> None:
+        nonlocal fired
+        if not fired:
+            fired = True
+            raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     path = resolve_config_path(args.config)
     try:
@@ -429,9 +458,14 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 2
     iface = RunningInterface(name, config, socket_dir=args.socket_dir)
     try:
-        iface.start()
+        with _terminate_interrupts():
+            iface.start()
     except (InterfaceError, TunError) as e:
         return _fail(str(e))
+    except _Terminated:
+        iface.close()  # a no-op when start() unwound itself; not when it had just finished
+        log.warning("interface %s: terminated while coming up", name)
+        return 128 + signal.SIGTERM
     try:
         return iface.run()
     finally:

@@ -440,8 +440,7 @@ def test_default_route_policy_routing_hooks_and_dns_come_and_go(lab):
     assert f"fwmark: {mark}" in lab.show(ns, name)  # as `wg show` would report it
     rname = resolvconf_name(name, resolvconf=shutil.which("resolvconf", path=lab.env["PATH"]))
     assert lab.resolvconf_log.read_text() == (
-        f"ARGS -a {rname} -m 0 -x\n"
-        "nameserver 10.77.0.1\nnameserver fd77::1\nsearch example.test\n"
+        f"ARGS -a {rname} -m 0 -x\nnameserver 10.77.0.1\nnameserver fd77::1\nsearch example.test\n"
     )
 
     lab.down(ns, name, proc)
@@ -508,9 +507,11 @@ def test_failing_post_up_undoes_rules_routes_and_dns(lab):
     ns, name = lab.ns(), lab.name()
     before = {4: rules(ns, 4), 6: rules(ns, 6)}
     down_hooks = lab.tmp / "down-hooks"
-    conf = lab.write_conf(name, conf_text(extra=(
+    extra = (
         "DNS = 10.77.0.1\nPostUp = exit 7\n"
-        f"PreDown = echo pre >> {down_hooks}\nPostDown = echo post >> {down_hooks}\n")))  # fmt: skip
+        f"PreDown = echo pre >> {down_hooks}\nPostDown = echo post >> {down_hooks}\n"
+    )
+    conf = lab.write_conf(name, conf_text(extra=extra))
     r = lab.up_fails(ns, conf)
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [
@@ -570,3 +571,18 @@ def test_marked_underlay_skips_the_tunnel_that_carries_the_default_route(lab):
 def test_module_constants_match_wg_quick():
     # linux.bash add_default: `table=51820` then counts up while the table has routes.
     assert wgquick.FIRST_TABLE == 51820
+
+
+@pytestmark_privileged
+def test_sigterm_during_a_slow_post_up_undoes_everything(lab):
+    ns, name = lab.ns(), lab.name()
+    before = {4: rules(ns, 4), 6: rules(ns, 6)}
+    started = lab.tmp / "started"
+    conf = lab.write_conf(name, conf_text(extra=f"PostUp = touch {started}; sleep 30\n"))
+    proc = lab.up(ns, conf)
+    wait_for(started.exists, 20, "PostUp hook", proc)
+    assert len(rules(ns, 4)) == len(before[4]) + 2  # the policy rules exist now
+    proc.terminate()
+    assert proc.wait(15) == 128 + 15, lab.log_text()
+    assert rules(ns, 4) == before[4] and rules(ns, 6) == before[6]
+    assert table_routes(ns, 4, "51820") == "" and not link_exists(ns, name)
