@@ -123,7 +123,12 @@ def _ip_step(teardown: Teardown, run: Runner, args: Sequence[str], undo: Sequenc
         run(*args)
     except TunError as e:
         raise SetupError(str(e)) from None
-    teardown.push(f"`ip {' '.join(undo)}`", lambda: run(*undo), quiet=quiet_undo)
+
+    def inverse() -> None:
+        log.info("[#] ip %s", " ".join(undo))
+        run(*undo)
+
+    teardown.push(f"`ip {' '.join(undo)}`", inverse, quiet=quiet_undo)
 
 
 # -- routes -----------------------------------------------------------------------------------
