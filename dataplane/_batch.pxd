@@ -84,3 +84,5 @@ cdef class PacketBatch:
 
     cdef int _check_index(self, Py_ssize_t i) except -1
     cdef Py_ssize_t _norm(self, Py_ssize_t i) except -1
+    cdef Py_ssize_t _append(self, object data) except -1
+    cdef Py_ssize_t _append_raw(self, const uint8_t* src, Py_ssize_t n) except -1

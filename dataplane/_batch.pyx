@@ -18,6 +18,13 @@ import ipaddress
 import operator
 from enum import IntEnum
 
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytes cimport (
+    PyBytes_AS_STRING,
+    PyBytes_CheckExact,
+    PyBytes_FromStringAndSize,
+    PyBytes_GET_SIZE,
+)
 from libc.string cimport memcpy, memset
 
 cimport cython
@@ -130,7 +137,7 @@ cdef class PacketBatch:
             kwargs["capacity"] = max(1, len(items))
         cdef PacketBatch batch = cls(**kwargs)
         for p in items:
-            batch.append(p)
+            batch._append(p)
         return batch
 
     @property
@@ -158,9 +165,28 @@ cdef class PacketBatch:
         return i
 
     def append(self, data):
-        """Copy ``data`` into the next free slot and return its index."""
-        cdef const uint8_t[::1] src = memoryview(data).cast("B")
-        cdef Py_ssize_t n = src.shape[0]
+        """Copy ``data`` (any bytes-like object) into the next free slot; returns its index."""
+        return self._append(data)
+
+    cdef Py_ssize_t _append(self, object data) except -1:
+        cdef Py_buffer view
+        cdef Py_ssize_t i
+        # bytes is what tests and transports built in Python hand us; skip the buffer
+        # protocol for it (most of the cost of a small append).
+        if PyBytes_CheckExact(data):
+            return self._append_raw(<const uint8_t*>PyBytes_AS_STRING(data),
+                                    PyBytes_GET_SIZE(data))
+        try:
+            PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        except BufferError as e:  # e.g. a strided memoryview: same error as a non-buffer
+            raise TypeError(f"packet must be a contiguous bytes-like object: {e}") from None
+        try:
+            i = self._append_raw(<const uint8_t*>view.buf, view.len)
+        finally:
+            PyBuffer_Release(&view)
+        return i
+
+    cdef Py_ssize_t _append_raw(self, const uint8_t* src, Py_ssize_t n) except -1:
         cdef Py_ssize_t i = self.count
         if i >= self.capacity:
             raise ValueError(f"batch is full ({self.capacity} packets)")
@@ -169,7 +195,7 @@ cdef class PacketBatch:
                 f"packet of {n} bytes does not fit a slot "
                 f"(max {self.slot_size - self.headroom} after {self.headroom} B headroom)")
         if n:
-            memcpy(&self.slab[i * self.slot_size + self.headroom], &src[0], n)
+            memcpy(&self.slab[i * self.slot_size + self.headroom], src, n)
         self.offsets[i] = self.headroom
         self.lengths[i] = n
         self.peers[i] = -1
@@ -180,8 +206,9 @@ cdef class PacketBatch:
         return i
 
     def extend(self, packets):
+        """``append`` each bytes-like object of ``packets``."""
         for p in packets:
-            self.append(p)
+            self._append(p)
 
     def clear(self):
         """Forget all packets; the slab is kept for reuse."""
@@ -203,7 +230,11 @@ cdef class PacketBatch:
     def packets(self, alive_only=False):
         """Copies of the packets as ``bytes`` (only the OK ones if ``alive_only``)."""
         cdef Py_ssize_t i
-        return [bytes(self[i]) for i in range(self.count)
+        cdef Py_ssize_t bad = self.first_bad_bounds()
+        if bad >= 0:
+            self[bad]  # raises the usual error for corrupted bounds
+        return [PyBytes_FromStringAndSize(<const char*>self.pkt_ptr(i), self.lengths[i])
+                for i in range(self.count)
                 if not alive_only or self.status[i] == ST_OK]
 
     def slot(self, Py_ssize_t i):

@@ -327,3 +327,129 @@ def test_inline_sink_receives_output_and_its_errors_are_counted(driver):
     ov.incoming.put([b"d"])
     d.step()
     assert un.outgoing.get(timeout=1) == (EchoCore.ENDPOINT, [b"d"])
+
+
+# --- run to completion: transport threads running the UPDATE themselves ----------------------
+
+
+def _wait_until(predicate, timeout: float = 2.0) -> bool:
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.002)
+    return True
+
+
+def test_submit_to_an_idle_running_driver_runs_on_the_callers_thread(driver):
+    d, core = driver
+    ov = d.new_overlay_transport()
+    un = d.new_underlay_transport()
+    threads = []
+    un.send_inline(lambda endpoint, batch: threads.append(threading.current_thread().name))
+    assert ov.incoming.submit([b"queued"])  # run() not looping yet: plain queueing
+    assert len(d._from_overlay) == 1 and d.stats.inline_batches == 0
+    d.start()
+    assert _wait_until(lambda: len(threads) == 1)  # the driver thread took the queued one
+    assert _wait_until(lambda: d._running)
+    assert ov.incoming.submit([b"inline"])  # returns after the core has processed it
+    assert threads == [f"{d.name}-driver", threading.current_thread().name]
+    assert d.stats.inline_batches == 1 and d.stats.outbound_batches == 2
+
+
+def test_submit_queues_behind_earlier_input_and_while_the_core_is_busy(driver):
+    d, core = driver
+    ov = d.new_overlay_transport()
+    un = d.new_underlay_transport()
+    order = []
+    un.send_inline(lambda endpoint, batch: order.append(batch[0]))
+    d.start()
+    assert _wait_until(lambda: d._running)
+    with d.locked():  # someone updates the core: submit must not wait for it, nor overtake
+        assert ov.incoming.submit([b"1"])  # from the thread holding the lock: no re-entry
+        other = threading.Thread(target=lambda: ov.incoming.submit([b"2"]), name="producer")
+        other.start()
+        other.join(2)
+        assert not other.is_alive()
+        assert order == []  # both wait (queued, or taken by SELECT) for the lock holder
+    assert _wait_until(lambda: len(order) == 2)
+    assert ov.incoming.submit([b"3"])
+    assert _wait_until(lambda: len(order) == 3)
+    assert order == [b"1", b"2", b"3"]
+    assert d.stats.inline_batches == 1
+
+
+def test_inline_update_that_moves_the_deadline_earlier_wakes_select(driver):
+    d, core = driver
+    ov = d.new_overlay_transport()
+    d.new_underlay_transport()
+    d2 = ThreadedDataPlane(core, max_idle_sleep=30.0, name="far")
+    try:
+        ov2 = d2.new_overlay_transport()
+        d2.new_underlay_transport()
+        d2.start()
+        assert _wait_until(lambda: d2._running)
+        time.sleep(0.05)  # SELECT now sleeps towards the 30 s floor
+
+        def outbound_with_timer(now, overlay_id, batch):
+            core.deadlines.append(now + 0.05)  # e.g. a handshake retry armed by the send
+            return Output()
+
+        core.process_outbound = outbound_with_timer
+        assert ov2.incoming.submit([b"x"]) and d2.stats.inline_batches == 1
+        assert _wait_until(lambda: len(core.fired) == 1, timeout=1.0)  # not 30 s later
+    finally:
+        d2.close()
+    assert ov is not None
+
+
+def test_overlay_deliver_inline_and_its_errors_are_counted(driver):
+    d, core = driver
+    ov = d.new_overlay_transport()
+    un = d.new_underlay_transport()
+    got = []
+    ov.deliver_inline(got.append)
+    un.incoming.put([b"in"])
+    d.step()
+    assert got == [[b"in"]] and len(ov.outgoing) == 0
+
+    def broken(batch):
+        raise OSError("device gone")
+
+    ov.deliver_inline(broken)
+    un.incoming.put([b"p", b"q"])
+    d.step()
+    assert d.stats.dropped_sink_error_packets == 2
+    ov.deliver_inline(None)
+    un.incoming.put([b"r"])
+    d.step()
+    assert ov.outgoing.get(timeout=1) == [b"r"]
+
+
+def test_two_drivers_feeding_each_other_inline_do_not_deadlock():
+    # A's UPDATE submits to B, whose UPDATE submits back to A: A is busy, so that one is
+    # queued, never re-entered (the core lock is reentrant) and never waited for.
+    core_a, core_b = EchoCore(), EchoCore()
+    a = ThreadedDataPlane(core_a, max_idle_sleep=30.0, name="a")
+    b = ThreadedDataPlane(core_b, max_idle_sleep=30.0, name="b")
+    try:
+        a_ov, a_un = a.new_overlay_transport(), a.new_underlay_transport()
+        b_ov, b_un = b.new_overlay_transport(), b.new_underlay_transport()
+        a_un.send_inline(lambda endpoint, batch: b_un.incoming.submit(batch))
+        b_ov.deliver_inline(lambda batch: b_ov.incoming.submit(batch))  # echo back out
+        b_un.send_inline(lambda endpoint, batch: a_un.incoming.submit(batch))
+        a.start()
+        b.start()
+        assert _wait_until(lambda: a._running and b._running)
+        time.sleep(0.05)  # both asleep in SELECT (30 s floor, no timers)
+        assert a_ov.incoming.submit([b"ping"])
+        assert a_ov.outgoing.get(timeout=2) == [b"ping"]
+        assert core_a.calls == ["outbound", "inbound"]
+        assert core_b.calls == ["inbound", "outbound"]
+        # B, busy with the inbound batch, queued its own echo and its driver thread took
+        # it; A was idle both times, so both of A's batches ran on the submitting threads.
+        assert a.stats.inline_batches == 2 and a.stats.steps == 0
+        assert b.stats.inline_batches == 1 and b.stats.steps == 1
+    finally:
+        a.close()
+        b.close()

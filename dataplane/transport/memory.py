@@ -260,7 +260,7 @@ class MemoryOverlay:
         """Hand IP packets (a PacketBatch or bytes-likes) to the data plane."""
         if not isinstance(packets, PacketBatch):
             packets = PacketBatch.from_packets(list(packets), **batch_args)
-        return self.handle.incoming.put(packets)
+        return self.handle.incoming.submit(packets)
 
     def receive(self, timeout: float | None = None) -> Any:
         """The next batch the data plane delivered, or None after ``timeout``."""

@@ -479,7 +479,7 @@ class OverlayNetwork:
             # The driver is behind: wait for it (bounded) rather than drop what the
             # application handed us; the sender backlog then blocks sendto in turn.
             port.wait_for_room(SEND_BLOCK_TIMEOUT)
-        ok = port.put(batch)
+        ok = port.submit(batch)
         if ok:
             self._count("tx_packets", alive)
         else:

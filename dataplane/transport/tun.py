@@ -249,13 +249,16 @@ class TunTransport:
             driver.spawn(f"tun{self.id}-rx", self._read_loop),
             driver.spawn(f"tun{self.id}-tx", self._write_loop),
         ]
+        # The driver (or a transport thread running an UPDATE) writes to the device itself:
+        # a TUN write never blocks, and a thread hand-off per batch is most of a ping's RTT.
+        self.handle.deliver_inline(self._write_now)
 
     def _read_loop(self) -> None:
         dev = self.device
         while not self._stop.is_set():
             batch = dev.read_batch(PacketBatch(self._capacity, mtu=dev.mtu), READ_POLL_INTERVAL)
             if len(batch):
-                if not self.handle.incoming.put(batch):
+                if not self.handle.incoming.submit(batch):
                     self.dropped_input_batches += 1
             elif not self._stop.is_set() and dev.gone:
                 log.warning("interface %s disappeared", dev.name)
@@ -274,10 +277,12 @@ class TunTransport:
                 if self._stop.is_set():
                     return
                 continue
-            if isinstance(batch, PacketBatch):
-                self.device.write_batch(batch)
-            else:
-                self.device.write_batch(PacketBatch.from_packets(batch, mtu=self.device.mtu))
+            self._write_now(batch)
+
+    def _write_now(self, batch: Any) -> None:
+        if not isinstance(batch, PacketBatch):
+            batch = PacketBatch.from_packets(batch, mtu=self.device.mtu)
+        self.device.write_batch(batch)
 
     def close(self) -> None:
         """Stop both threads and unregister; the device itself stays open (its owner closes)."""

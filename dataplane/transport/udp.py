@@ -232,7 +232,7 @@ class UdpTransport:
                     continue
                 batch = PacketBatch(self._capacity, mtu=self._mtu)
                 sock.recv_batch(batch, timeout=RECV_POLL_INTERVAL)
-            if len(batch) and not self.handle.incoming.put(batch):
+            if len(batch) and not self.handle.incoming.submit(batch):
                 self.dropped_input_batches += 1
 
     def _send_now(self, endpoint: Endpoint, batch: Any) -> None:
