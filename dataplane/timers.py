@@ -11,7 +11,9 @@ first out; an event whose window is long past is dispatched late, never dropped.
 
 Unlike ``ts_time``, where dropping a handle does nothing and cancelled-by-replacement events
 still fire, ``Handle.cancel()`` removes the event, and ``reschedule`` moves it; both are
-no-ops once it fired. The scheduler has no clock: ``now`` always comes from the caller.
+no-ops once it fired. ``Scheduler.rearm`` replaces a timer's event in one call and leaves
+it alone when its window does not change. The scheduler has no clock: ``now`` always comes
+from the caller.
 
 Storage is a list sorted by (start, sequence number), so insertion and cancellation are a
 bisection plus a memmove, and dispatch pops a prefix. That stays cheap for the tens of
@@ -112,6 +114,18 @@ class Scheduler(Generic[E]):
         h = Handle(self, (start, seq), end, event)
         bisect.insort(self._entries, (start, seq, h))
         return h
+
+    def rearm(self, h: Handle[E] | None, start: float, end: float, event: E) -> Handle[E]:
+        """Cancel ``h`` (if given and still pending) and schedule ``event`` on ``[start, end]``.
+
+        A pending ``h`` already on exactly that window is returned as it is, with its own
+        event: re-arming to an unchanged deadline (every packet of a burst re-arms the same
+        timers at the same ``now``) then neither removes nor re-sorts anything."""
+        if h is not None and h._sched is self:
+            if h._key[0] == start and h.end == end:
+                return h
+            self._remove(h)
+        return self.add(start, end, event)
 
     def add_range(self, rng: TimeRange, event: E) -> Handle[E]:
         return self.add(rng.start, rng.end, event)

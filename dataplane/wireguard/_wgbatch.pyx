@@ -13,6 +13,7 @@ messages no session opened.
 """
 
 from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
+from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.string cimport memset
 
 from dataplane._batch cimport (
@@ -56,12 +57,11 @@ cdef inline uint8_t classify_one(const uint8_t* p, Py_ssize_t n) noexcept nogil:
     return ST_OK
 
 
-def classify(PacketBatch batch not None):
-    """Drop malformed alive slots; return the indexes of the handshake messages (types 1-3)."""
-    cdef Py_ssize_t i, k = 0, count = batch.count
+cdef Py_ssize_t classify_c(PacketBatch batch) noexcept:
+    """Drop malformed alive unclaimed slots; return how many transport messages remain."""
+    cdef Py_ssize_t i, n = 0, count = batch.count
     cdef uint8_t st
     cdef const uint8_t* p
-    cdef uint32_t[::1] hs = memoryview(bytearray(4 * max(count, 1))).cast("I")
     with nogil(SHORT_SCAN_RELEASES_GIL):
         for i in range(count):
             if batch.status[i] != ST_OK or batch.peers[i] != -1:
@@ -70,10 +70,26 @@ def classify(PacketBatch batch not None):
             st = classify_one(p, batch.lengths[i])
             if st != ST_OK:
                 batch.status[i] = st
-            elif p[0] != 4:
-                hs[k] = <uint32_t>i
-                k += 1
-    return [hs[i] for i in range(k)]
+            elif p[0] == 4:
+                n += 1
+    return n
+
+
+cdef list handshake_slots(PacketBatch batch):
+    """Indexes of the alive unclaimed slots holding handshake messages (after classify_c:
+    every such slot is well formed, so its first byte is its type)."""
+    cdef Py_ssize_t i
+    out = []
+    for i in range(batch.count):
+        if batch.status[i] == ST_OK and batch.peers[i] == -1 and batch.pkt_ptr(i)[0] != 4:
+            out.append(i)
+    return out
+
+
+def classify(PacketBatch batch not None):
+    """Drop malformed alive slots; return the indexes of the handshake messages (types 1-3)."""
+    classify_c(batch)
+    return handshake_slots(batch)
 
 
 def tally(PacketBatch batch not None, int32_t peer):
@@ -154,22 +170,23 @@ def status_snapshot(PacketBatch batch not None):
     for i in range(count):
         if batch.status[i] >= ST_MAX:
             raise ValueError(f"a slot holds status {batch.status[i]}, outside 0..{ST_MAX - 1}")
-    return bytes(batch.status[:count])
+    return PyBytes_FromStringAndSize(<const char*>&batch.status[0], count)
 
 
-def new_drops(PacketBatch batch not None, const uint8_t[::1] before):
+def new_drops(PacketBatch batch not None, bytes before not None):
     """[(status, n)] for each drop reason that ``n`` more slots hold now than in ``before``
     (a ``status_snapshot``); alive, keepalive and handshake slots are not drops."""
     cdef Py_ssize_t i, count = batch.count
     cdef Py_ssize_t b[256]
     cdef Py_ssize_t a[256]
     cdef Py_ssize_t st
-    if before.shape[0] != count:
+    cdef const uint8_t* prev = <const uint8_t*><const char*>before
+    if len(before) != count:
         raise ValueError("snapshot of a different batch")
     memset(b, 0, sizeof(b))
     memset(a, 0, sizeof(a))
     for i in range(count):
-        b[before[i]] += 1
+        b[prev[i]] += 1
         a[batch.status[i]] += 1
     for i in range(ST_MAX, 256):
         if a[i]:
@@ -198,10 +215,5 @@ def classify_batch(PacketBatch batch not None):
     of transport messages left alive for the sessions). With no transport message, the
     session stages have nothing to look at."""
     before = status_snapshot(batch)
-    handshakes = classify(batch)
-    cdef Py_ssize_t i, count = batch.count, n = 0
-    with nogil(SHORT_SCAN_RELEASES_GIL):
-        for i in range(count):
-            if batch.status[i] == ST_OK and batch.peers[i] == -1 and batch.pkt_ptr(i)[0] == 4:
-                n += 1
-    return before, handshakes, n
+    cdef Py_ssize_t transports = classify_c(batch)
+    return before, handshake_slots(batch), transports

@@ -301,8 +301,10 @@ class LoadMonitor:
 
     def observe(self, now: float) -> bool:
         """Account one handshake message at ``now``; whether we are under load."""
-        if self._last is not None:
-            self.level = max(0.0, self.level - max(0.0, now - self._last) * self.threshold)
+        last = self._last
+        if last is not None and now > last:  # drain; a clock standing still drains nothing
+            level = self.level - (now - last) * self.threshold
+            self.level = level if level > 0.0 else 0.0
         self._last = now
         self.level += 1.0
         if self.level >= self.threshold:

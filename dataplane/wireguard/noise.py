@@ -48,6 +48,7 @@ __all__ = [
     "KDF2",
     "KDF3",
     "DH",
+    "public_key",
     "InitiatorState",
     "ResponderState",
     "PeerNoiseCache",
@@ -116,7 +117,7 @@ def KDF3(key: bytes, data: bytes) -> tuple[bytes, bytes, bytes]:
 
 def DH(private: X25519PrivateKey, public: bytes | X25519PublicKey) -> bytes:
     """X25519, refusing the all-zero result of a low-order point. ``public`` may be a key
-    object already (a peer's static key, parsed once per peer)."""
+    object already (parsed once: see ``public_key``)."""
     try:
         # A concrete type test: isinstance against the ABC costs more than a DH's bookkeeping.
         if isinstance(public, (bytes, bytearray, memoryview)):
@@ -127,6 +128,15 @@ def DH(private: X25519PrivateKey, public: bytes | X25519PublicKey) -> bytes:
     if hmac.compare_digest(shared, _ZERO32):
         raise NoiseError("all-zero X25519 result (low-order public key)")
     return shared
+
+
+def public_key(raw: bytes) -> X25519PublicKey:
+    """Parse a received X25519 public key once for all the DHs that use it: OpenSSL 3 builds
+    a key object through its provider, which costs a tenth of a DH each time."""
+    try:
+        return X25519PublicKey.from_public_bytes(raw)
+    except ValueError:
+        raise NoiseError("malformed X25519 public key") from None
 
 
 def _seal(key: bytes, h: bytes, plaintext: bytes) -> bytes:
@@ -177,7 +187,7 @@ class ResponderState:
 
     h: bytes
     ck: bytes
-    remote_ephemeral: bytes
+    remote_ephemeral: X25519PublicKey  # parsed once for both DHs that use it (es, ee)
     remote_static: bytes
     payload: bytes
     pattern: Pattern
@@ -187,14 +197,15 @@ def create_message_initiation(
     local_static: X25519PrivateKey,
     local_static_public: bytes,
     cache: PeerNoiseCache,
-    remote_static: bytes,
+    remote_static: bytes | X25519PublicKey,
     static_static: bytes,
     payload: bytes,
     ephemeral: X25519PrivateKey | None = None,
 ) -> tuple[bytes, InitiatorState]:
     """Noise body ``e || enc(s) || enc(payload)`` and the state to finish with.
 
-    ``static_static`` is DH(local static, remote static), precomputed by the caller.
+    ``static_static`` is DH(local static, remote static), precomputed by the caller;
+    ``remote_static`` may be a key object the caller keeps per peer.
     """
     pattern = cache.pattern
     if ephemeral is None:
@@ -227,19 +238,20 @@ def consume_message_initiation(
     if len(body) != KEY_SIZE + enc_static_size + payload_size + AEAD_TAG_SIZE:
         raise NoiseError("initiation body has the wrong length")
     e_pub = body[:KEY_SIZE]
+    e_key = public_key(e_pub)
     if pattern.psk:  # the usual case, WireGuard's: every symmetric step in one C call
         r = _noise.consume_initiation(
-            cache.h0, cache.ck0, body, DH(local_static, e_pub), static_static
+            cache.h0, cache.ck0, body, DH(local_static, e_key), static_static
         )
         if isinstance(r, str):
             raise NoiseError(r)
         remote_static, payload, h, ck = r
-        return ResponderState(h, ck, e_pub, remote_static, payload, pattern)
+        return ResponderState(h, ck, e_key, remote_static, payload, pattern)
     enc_static = body[KEY_SIZE : KEY_SIZE + enc_static_size]
     enc_payload = body[KEY_SIZE + enc_static_size :]
     h = _hash2(cache.h0, e_pub)
     ck = KDF1(cache.ck0, e_pub) if pattern.psk else cache.ck0
-    ck, k = KDF2(ck, DH(local_static, e_pub))
+    ck, k = KDF2(ck, DH(local_static, e_key))
     remote_static = _open(k, h, enc_static)
     h = _hash2(h, enc_static)
     ss = static_static(remote_static)
@@ -250,7 +262,7 @@ def consume_message_initiation(
     ck, k = KDF2(ck, ss)
     payload = _open(k, h, enc_payload)
     h = _hash2(h, enc_payload)
-    return ResponderState(h, ck, e_pub, remote_static, payload, pattern)
+    return ResponderState(h, ck, e_key, remote_static, payload, pattern)
 
 
 def _mix_ee_se(ck: bytes, ee: bytes, se: bytes, pattern: Pattern) -> tuple[bytes, bytes]:
@@ -302,9 +314,10 @@ def consume_message_response(
         raise NoiseError("response body has the wrong length")
     e_pub = body[:KEY_SIZE]
     enc_nothing = body[KEY_SIZE:]
+    e_key = public_key(e_pub)
     h = _hash2(state.h, e_pub)
     ck = KDF1(state.ck, e_pub) if pattern.psk else state.ck
-    ck, k = _mix_ee_se(ck, DH(state.ephemeral, e_pub), DH(local_static, e_pub), pattern)
+    ck, k = _mix_ee_se(ck, DH(state.ephemeral, e_key), DH(local_static, e_key), pattern)
     if pattern.psk:
         ck, t, k = KDF3(ck, psk)
         h = _hash2(h, t)
