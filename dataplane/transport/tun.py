@@ -1,7 +1,10 @@
 """The Linux TUN overlay: a kernel network interface whose IP packets the data plane carries.
 
 ``TunDevice`` opens ``/dev/net/tun`` with ``IFF_TUN | IFF_NO_PI`` (raw IP packets, no
-packet-information header) and ``TUNSETIFF``: that creates the interface, or attaches to
+packet-information header) and, by default, ``IFF_VNET_HDR`` with TSO and checksum
+offload (``TUNSETOFFLOAD``, as wireguard-go does since 2023): the kernel then hands us TCP
+segments of up to 64 KiB, which ``_tun.pyx`` cuts into MTU-sized packets, instead of one
+read and one trip through the sending TCP stack per packet. ``TUNSETIFF`` that creates the interface, or attaches to
 an existing persistent TUN of that name (``ip tuntap add mode tun``). It then configures
 the link. ``read_batch`` / ``write_batch`` move packets in and out of PacketBatch slots
 through ``TunIO`` (``_tun.pyx``: poll + a burst of non-blocking reads, a loop of writes,
@@ -55,6 +58,9 @@ TUN_PATH = "/dev/net/tun"
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+TUNSETOFFLOAD = 0x400454D0
+TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN = 0x01, 0x02, 0x04, 0x08
 IFNAMSIZ = 16
 DEFAULT_TXQUEUELEN = 1000
 DEFAULT_MTU = 1420
@@ -106,6 +112,7 @@ class TunDevice:
         mtu: int = DEFAULT_MTU,
         txqueuelen: int = DEFAULT_TXQUEUELEN,
         path: str = TUN_PATH,
+        offload: bool = True,
     ) -> None:
         if not _NAME.fullmatch(name) or name in (".", ".."):
             raise TunError(f"bad interface name {name!r} (1-15 of a-zA-Z0-9_=+.-)")
@@ -115,17 +122,31 @@ class TunDevice:
         self.mtu = mtu
         self.existed = interface_exists(name)
         self._closed = False
-        self.fd = self._open(name, path)
+        self.offload = False
+        self.fd = self._open(name, path, offload)
         try:
+            if offload:
+                self.offload = self._enable_offload()
             self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-            self.io = TunIO(self.fd, self._wake_fd)
+            self.io = TunIO(self.fd, self._wake_fd, vnet_hdr=offload)
             run_ip("link", "set", "dev", name, "mtu", str(mtu), "txqueuelen", str(txqueuelen))
         except BaseException:
             os.close(self.fd)
             raise
         self.errors: Counter[str] = Counter()
 
-    def _open(self, name: str, path: str) -> int:
+    def _enable_offload(self) -> bool:
+        # TSO segments and checksums left to us: see _tun.pyx. A kernel without them
+        # still works (every read then says "no GSO, checksum done").
+        flags = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN
+        try:
+            fcntl.ioctl(self.fd, TUNSETOFFLOAD, flags)
+        except OSError as e:
+            log.info("TUN offloads unavailable on %s: %s", self.name, e.strerror)
+            return False
+        return True
+
+    def _open(self, name: str, path: str, vnet_hdr: bool = False) -> int:
         try:
             fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -137,7 +158,8 @@ class TunDevice:
             raise TunError(f"no permission to open {path}: run as root") from None
         except OSError as e:
             raise TunError(f"cannot open {path}: {e.strerror}") from None
-        ifr = struct.pack(f"{IFNAMSIZ}sH22x", name.encode(), IFF_TUN | IFF_NO_PI)
+        flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0)
+        ifr = struct.pack(f"{IFNAMSIZ}sH22x", name.encode(), flags)
         try:
             fcntl.ioctl(fd, TUNSETIFF, ifr)
         except OSError as e:

@@ -1,0 +1,187 @@
+"""TUN offloads: TSO segments and partial checksums cut and completed like a NIC would.
+
+``split_offloaded`` runs the exact code of the vnet read loop on one buffer, so these
+tests need no TUN device; a pure-Python model (RFC 1071 checksums, RFC 793 sequence
+numbers) checks every byte of every piece. The device path itself is exercised by
+tests/test_tun.py and the iperf3 runs of tests/test_interface_e2e.py.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dataplane._batch import DropReason, PacketBatch
+from dataplane.transport._tun import split_offloaded
+
+GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP = 0, 1, 4, 3
+NEEDS_CSUM = 1
+SRC4, DST4 = ipaddress.ip_address("10.1.0.1"), ipaddress.ip_address("10.1.0.2")
+SRC6, DST6 = ipaddress.ip_address("fd00::1"), ipaddress.ip_address("fd00::2")
+
+
+def csum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def vnet(flags: int, gso: int, hdr_len: int = 0, gso_size: int = 0, start: int = 0,
+         offset: int = 0) -> bytes:  # fmt: skip
+    return struct.pack("=BBHHHH", flags, gso, hdr_len, gso_size, start, offset)
+
+
+def tcp_segment(v6: bool, payload: bytes, *, seq: int = 1000, flags: int = 0x18,
+                ident: int = 7, options: bytes = b"") -> bytes:  # fmt: skip
+    """An IP+TCP packet with zero checksums (what the model fills in is checked)."""
+    tcp = struct.pack("!HHIIBBHHH", 40000, 5201, seq, 1, (5 + len(options) // 4) << 4,
+                      flags, 65535, 0, 0) + options + payload  # fmt: skip
+    if v6:
+        return struct.pack("!IHBB16s16s", 6 << 28, len(tcp), 6, 64, SRC6.packed,
+                           DST6.packed) + tcp  # fmt: skip
+    return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), ident, 0x4000, 64, 6, 0,
+                       SRC4.packed, DST4.packed) + tcp  # fmt: skip
+
+
+def valid_tcp(pkt: bytes) -> tuple[bool, int, int, bytes]:
+    """(checksums ok, seq, flags, payload) of one packet, checked like a receiver would."""
+    if pkt[0] >> 4 == 4:
+        ihl = (pkt[0] & 15) * 4
+        assert struct.unpack_from("!H", pkt, 2)[0] == len(pkt)
+        ok = csum(pkt[:ihl]) == 0
+        pseudo = pkt[12:20] + struct.pack("!BBH", 0, 6, len(pkt) - ihl)
+        tcp = pkt[ihl:]
+    else:
+        assert struct.unpack_from("!H", pkt, 4)[0] == len(pkt) - 40
+        ok = True
+        pseudo = pkt[8:40] + struct.pack("!IxxxB", len(pkt) - 40, 6)
+        tcp = pkt[40:]
+    ok = ok and csum(pseudo + tcp) == 0
+    seq, flags = struct.unpack_from("!I", tcp, 4)[0], tcp[13]
+    return ok, seq, flags, tcp[(tcp[12] >> 4) * 4 :]
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_tso_segment_is_cut_into_mss_pieces_with_fixed_headers(v6):
+    payload = bytes(range(256)) * 16 + b"tail"  # 4100 bytes: 3 full pieces and a short one
+    mss = 1340  # fits 1420 after 40 B IPv6 + 32 B TCP with timestamps
+    pkt = tcp_segment(v6, payload, flags=0x19 | 0x80, options=b"\x01\x01\x08\x0a" + bytes(8))
+    head = len(pkt) - len(payload)
+    batch = PacketBatch(8, mtu=1420)
+    gso = GSO_TCPV6 if v6 else GSO_TCPV4
+    used = split_offloaded(vnet(NEEDS_CSUM, gso, head, mss, head - 32, 16) + pkt, batch)
+    assert used == 4 == len(batch)
+    pieces = batch.packets()
+    assert b"".join(valid_tcp(p)[3] for p in pieces) == payload
+    for i, p in enumerate(pieces):
+        ok, seq, flags, data = valid_tcp(p)
+        assert ok, f"piece {i}: bad checksum"
+        assert seq == 1000 + i * mss and len(data) == (mss if i < 3 else len(payload) - 3 * mss)
+        ip_len = 40 if v6 else 20
+        assert p[ip_len : ip_len + 4] == pkt[ip_len : ip_len + 4]  # ports kept
+        # FIN and PSH only on the last piece, CWR only on the first, ACK on all.
+        assert flags & 0x10
+        assert bool(flags & 0x01) == bool(flags & 0x08) == (i == 3)
+        assert bool(flags & 0x80) == (i == 0)
+        if not v6:
+            assert struct.unpack_from("!H", p, 4)[0] == 7 + i  # IP id counts up
+
+
+def test_partial_checksum_is_completed():
+    for proto, pad in ((6, 0), (17, 1)):
+        body = b"x" * (33 + pad)
+        if proto == 17:
+            l4 = struct.pack("!HHHH", 1, 2, 8 + len(body), 0) + body
+            field = 6
+        else:
+            l4 = struct.pack("!HHIIBBHHH", 1, 2, 0, 0, 5 << 4, 0x10, 100, 0, 0) + body
+            field = 16
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 0, 0, 64, proto, 0,
+                         SRC4.packed, DST4.packed)  # fmt: skip
+        ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+        # The kernel leaves the pseudo-header sum (not complemented) in the field.
+        pseudo = SRC4.packed + DST4.packed + struct.pack("!BBH", 0, proto, len(l4))
+        partial = ~csum(pseudo) & 0xFFFF
+        l4 = l4[:field] + struct.pack("!H", partial) + l4[field + 2 :]
+        batch = PacketBatch(2)
+        assert split_offloaded(vnet(NEEDS_CSUM, GSO_NONE, 0, 0, 20, field) + ip + l4, batch) == 1
+        out = batch.packets()[0]
+        assert csum(pseudo + out[20:]) == 0
+
+
+def test_plain_packet_without_flags_is_copied_untouched():
+    pkt = tcp_segment(False, b"hello")
+    batch = PacketBatch(2)
+    assert split_offloaded(vnet(0, GSO_NONE) + pkt, batch) == 1
+    assert batch.packets() == [pkt]
+
+
+def test_no_room_keeps_nothing_and_says_so():
+    pkt = tcp_segment(False, bytes(4000))
+    batch = PacketBatch(2, mtu=1420)
+    assert split_offloaded(vnet(0, GSO_TCPV4, 40, 1000) + pkt, batch) == 0
+    assert len(batch) == 0
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        vnet(0, GSO_NONE)[:5],
+        vnet(0, GSO_UDP, 28, 1000) + bytes(100),  # UFO is never enabled
+        vnet(0, GSO_TCPV4, 40, 1000) + bytes(30),  # shorter than its headers
+        vnet(0, GSO_TCPV4, 40, 0) + tcp_segment(False, bytes(100)),  # gso_size 0
+        vnet(0, GSO_TCPV4, 40, 1500) + tcp_segment(False, bytes(3000)),  # pieces > MTU
+        vnet(0, GSO_TCPV6, 60, 1000) + tcp_segment(False, bytes(100)),  # v4 as v6
+        vnet(NEEDS_CSUM, GSO_NONE, 0, 0, 30, 16) + tcp_segment(False, b""),  # field past end
+    ],
+)
+def test_malformed_offload_is_refused(data):
+    batch = PacketBatch(4, mtu=1420)
+    assert split_offloaded(data, batch) == -1
+    assert len(batch) == 0
+
+
+def test_oversize_plain_packet_is_marked_too_big():
+    batch = PacketBatch(2, mtu=200)
+    assert split_offloaded(vnet(0, GSO_NONE) + bytes(400), batch) == 1
+    assert batch.status_of(0) == DropReason.TOO_BIG
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    v6=st.booleans(),
+    payload=st.binary(min_size=0, max_size=9000),
+    mss=st.integers(min_value=1, max_value=1360),
+    seq=st.integers(min_value=0, max_value=2**32 - 1),
+)
+def test_tso_pieces_reassemble_to_the_segment(v6, payload, mss, seq):
+    pkt = tcp_segment(v6, payload, seq=seq, flags=0x18)
+    segs = max(1, -(-len(payload) // mss))
+    batch = PacketBatch(256, mtu=1420)
+    used = split_offloaded(vnet(0, GSO_TCPV6 if v6 else GSO_TCPV4, 0, mss) + pkt, batch)
+    if segs > 256:
+        assert used == 0
+        return
+    assert used == segs
+    data = b""
+    for i, p in enumerate(batch.packets()):
+        ok, s, _, d = valid_tcp(p)
+        assert ok and s == (seq + i * mss) % 2**32
+        data += d
+    assert data == payload
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=3000))
+def test_garbage_never_crashes(data):
+    batch = PacketBatch(64, mtu=1420)
+    used = split_offloaded(data, batch)
+    assert used in (-1, 0) or 1 <= used == len(batch) <= 64
