@@ -85,7 +85,8 @@ cdef inline uint64_t csum_add(uint64_t acc, const uint8_t* p, Py_ssize_t n) noex
     # words (the carries fold back in at the end), so take four bytes at a time.
     cdef Py_ssize_t i = 0
     while i + 4 <= n:
-        acc += (<uint64_t>p[i] << 24) | (<uint64_t>p[i + 1] << 16) | (<uint64_t>p[i + 2] << 8) | p[i + 3]
+        acc += ((<uint64_t>p[i] << 24) | (<uint64_t>p[i + 1] << 16)
+                | (<uint64_t>p[i + 2] << 8) | p[i + 3])
         i += 4
     if i + 2 <= n:
         acc += (<uint64_t>p[i] << 8) | p[i + 1]
@@ -107,7 +108,8 @@ cdef inline void ipv4_header_checksum(uint8_t* ip, Py_ssize_t ihl) noexcept nogi
     store_be16(ip + 10, csum_fold(csum_add(0, ip, ihl)))
 
 
-cdef inline void tcp_checksum(uint8_t* ip, bint v6, Py_ssize_t ip_len, Py_ssize_t tcp_len) noexcept nogil:
+cdef inline void tcp_checksum(uint8_t* ip, bint v6, Py_ssize_t ip_len,
+                              Py_ssize_t tcp_len) noexcept nogil:
     # Pseudo-header (addresses, protocol, TCP length) + the whole TCP segment.
     cdef uint8_t* tcp = ip + ip_len
     cdef uint64_t acc

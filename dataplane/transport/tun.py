@@ -1,17 +1,17 @@
 """The Linux TUN overlay: a kernel network interface whose IP packets the data plane carries.
 
 ``TunDevice`` opens ``/dev/net/tun`` with ``IFF_TUN | IFF_NO_PI`` (raw IP packets, no
-packet-information header) and, by default, ``IFF_VNET_HDR`` with TSO and checksum
-offload (``TUNSETOFFLOAD``, as wireguard-go does since 2023): the kernel then hands us TCP
-segments of up to 64 KiB, which ``_tun.pyx`` cuts into MTU-sized packets, instead of one
-read and one trip through the sending TCP stack per packet. ``TUNSETIFF`` that creates the interface, or attaches to
-an existing persistent TUN of that name (``ip tuntap add mode tun``). It then configures
-the link. ``read_batch`` / ``write_batch`` move packets in and out of PacketBatch slots
-through ``TunIO`` (``_tun.pyx``: poll + a burst of non-blocking reads, a loop of writes,
-all without the GIL). ``TunTransport`` registers the device as an overlay transport of a
-``ThreadedDataPlane`` and runs two named threads: the reader (device -> driver input) and
-the writer (driver output -> device). ``close()`` wakes the reader through an eventfd, so
-shutdown never waits for traffic. Closing the fd removes an interface we created (a
+packet-information header) and, by default, ``IFF_VNET_HDR`` with TSO and checksum offload
+(``TUNSETOFFLOAD``, as wireguard-go does since 2023): the kernel then hands us TCP segments
+of up to 64 KiB, which ``_tun.pyx`` cuts into MTU-sized packets, instead of one read and one
+trip through the sending TCP stack per packet. ``TUNSETIFF`` creates the interface, or
+attaches to an existing persistent TUN of that name (``ip tuntap add mode tun``). It then
+configures the link. ``read_batch`` / ``write_batch`` move packets in and out of PacketBatch
+slots through ``TunIO`` (``_tun.pyx``: poll + a burst of non-blocking reads, a loop of
+writes, all without the GIL). ``TunTransport`` registers the device as an overlay transport
+of a ``ThreadedDataPlane`` and runs two named threads: the reader (device -> driver input)
+and the writer (driver output -> device). ``close()`` wakes the reader through an eventfd,
+so shutdown never waits for traffic. Closing the fd removes an interface we created (a
 non-persistent TUN lives as long as its fd); an attached persistent one is left in place.
 
 Link configuration uses the ``ip`` command of iproute2 through ``subprocess``, not
