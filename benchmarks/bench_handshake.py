@@ -30,7 +30,7 @@ from dataplane.wireguard.keys import PrivateKey
 A_EP, B_EP = ("10.0.0.1", 51820), ("10.0.0.2", 51820)
 # Every test, baselines included, takes the same number of one-call rounds: a min over more
 # samples is lower on a shared machine, so unequal counts would bias the ratio.
-ROUNDS = 1000
+ROUNDS = 3000
 WARMUP = 5
 
 
