@@ -185,3 +185,124 @@ def test_garbage_never_crashes(data):
     batch = PacketBatch(64, mtu=1420)
     used = split_offloaded(data, batch)
     assert used in (-1, 0) or 1 <= used == len(batch) <= 64
+
+
+# --- GRO on write: runs of one flow become one super-segment -----------------------------
+
+
+def checksummed(pkt: bytes) -> bytes:
+    """``pkt`` (from tcp_segment) with valid IPv4 header and TCP checksums."""
+    v6 = pkt[0] >> 4 == 6
+    ip_len = 40 if v6 else 20
+    if not v6:
+        pkt = pkt[:10] + struct.pack("!H", csum(pkt[:20])) + pkt[12:]
+        pseudo = pkt[12:20] + struct.pack("!BBH", 0, 6, len(pkt) - 20)
+    else:
+        pseudo = pkt[8:40] + struct.pack("!IxxxB", len(pkt) - 40, 6)
+    tcp = pkt[ip_len:]
+    c = csum(pseudo + tcp[:16] + b"\0\0" + tcp[18:])
+    return pkt[: ip_len + 16] + struct.pack("!H", c) + pkt[ip_len + 18 :]
+
+
+@pytest.fixture
+def pipe_io():
+    """A TunIO writing into a pipe, so the exact bytes a vnet TUN would get can be read."""
+    import fcntl
+    import os
+
+    from dataplane.transport._tun import TunIO
+
+    r, w = os.pipe()
+    fcntl.fcntl(w, 1031, 1 << 20)  # F_SETPIPE_SZ: room for a few 64 KiB super-segments
+    try:
+        yield TunIO(w, -1, vnet_hdr=True), r
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def written_units(fd: int) -> list[tuple[bytes, bytes]]:
+    """Split what was written into (vnet header, packet) pairs using the IP lengths."""
+    import os
+
+    data = b""
+    while True:
+        try:
+            os.set_blocking(fd, False)
+            chunk = os.read(fd, 1 << 20)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    units = []
+    while data:
+        hdr, rest = data[:10], data[10:]
+        n = (
+            struct.unpack_from("!H", rest, 2)[0]
+            if rest[0] >> 4 == 4
+            else 40 + struct.unpack_from("!H", rest, 4)[0]
+        )
+        units.append((hdr, rest[:n]))
+        data = rest[n:]
+    return units
+
+
+def flow(v6: bool, sizes: list[int], *, seq: int = 5000, ident: int = 100, last_psh=True,
+         sport: int = 40000) -> list[bytes]:  # fmt: skip
+    out = []
+    for i, size in enumerate(sizes):
+        flags = 0x10 | (0x08 if last_psh and i == len(sizes) - 1 else 0)
+        pkt = tcp_segment(v6, bytes([i]) * size, seq=seq, flags=flags, ident=ident + i,
+                          options=b"\x01\x01\x08\x0a" + bytes(8))  # fmt: skip
+        pkt = pkt[: 40 if v6 else 20] + struct.pack("!H", sport) + pkt[(40 if v6 else 20) + 2 :]
+        out.append(checksummed(pkt))
+        seq += size
+    return out
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_write_merges_a_flow_and_the_kernel_view_splits_back_to_the_same_packets(pipe_io, v6):
+    io, r = pipe_io
+    pkts = flow(v6, [1300] * 5 + [700])
+    written, errors = io.write(PacketBatch.from_packets(pkts))
+    assert (written, errors) == (6, {}) and io.tx_merged == 1
+    units = written_units(r)
+    assert len(units) == 1
+    hdr, sup = units[0]
+    flags, gso, hdr_len, gso_size, start, offset = struct.unpack("=BBHHHH", hdr)
+    assert (flags, gso, gso_size) == (1, GSO_TCPV6 if v6 else GSO_TCPV4, 1300)
+    assert (hdr_len, start, offset) == (len(pkts[0]) - 1300, 40 if v6 else 20, 16)
+    # What the kernel's TSO would make of it is exactly what we were given.
+    back = PacketBatch(16, mtu=1420)
+    assert split_offloaded(hdr + sup, back) == 6
+    assert back.packets() == pkts
+
+
+def test_write_keeps_runs_apart_where_gro_must(pipe_io):
+    io, r = pipe_io
+    a = flow(False, [1000, 1000, 1000], last_psh=True)  # PSH ends the run
+    b = flow(False, [1000, 1000], seq=9000, last_psh=False)  # another run: seq jumps
+    c = flow(False, [1000, 1000], sport=40001, seq=11000, last_psh=False)  # another flow
+    d = flow(False, [500, 1000], seq=50000, last_psh=False)  # short piece first: no merge
+    syn = checksummed(tcp_segment(False, b"syn", flags=0x02))
+    junk = b"dropped before the write"
+    batch = PacketBatch.from_packets([a[0], junk, *a[1:], *b, *c, *d, syn])
+    batch.set_status(1, DropReason.NO_ROUTE)  # a dropped slot inside a run is skipped
+    written, errors = io.write(batch)
+    assert written == 10 and errors == {} and io.tx_merged == 3
+    units = written_units(r)
+    assert [struct.unpack("=BB", h[:2])[1] for h, _ in units] == [GSO_TCPV4] * 3 + [0] * 3
+    back = PacketBatch(16, mtu=1420)
+    for h, p in units[:3]:
+        split_offloaded(h + p, back)
+    assert back.packets() == a + b + c
+    assert [p for _, p in units[3:]] == [*d, syn]
+
+
+def test_plain_writes_are_marked_checksum_verified(pipe_io):
+    io, r = pipe_io
+    pkt = checksummed(tcp_segment(False, b"one"))
+    assert io.write(PacketBatch.from_packets([pkt])) == (1, {})
+    ((hdr, got),) = written_units(r)
+    assert hdr == struct.pack("=BBHHHH", 2, 0, 0, 0, 0, 0) and got == pkt

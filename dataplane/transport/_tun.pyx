@@ -37,7 +37,7 @@ not programming errors.
 from libc.errno cimport errno, EINTR, EAGAIN
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy
 from posix.uio cimport iovec, writev
 from posix.unistd cimport read, write
 
@@ -59,7 +59,9 @@ cdef enum:
 
     TCP_FIN = 0x01
     TCP_PSH = 0x08
+    TCP_ACK = 0x10
     TCP_CWR = 0x80
+    GRO_MAX_RUN = 64
 
     PLACE_NO_ROOM = 0
     PLACE_BAD = -1
@@ -233,6 +235,149 @@ cdef inline Py_ssize_t place(const uint8_t* buf, Py_ssize_t r, PacketBatch batch
     return PLACE_BAD
 
 
+cdef struct tcp_seg_t:
+    Py_ssize_t ip_len
+    Py_ssize_t head             # IP + TCP header bytes
+    Py_ssize_t payload
+    uint32_t seq
+    uint8_t flags
+    bint v6
+
+
+cdef inline bint tcp_parse(const uint8_t* p, Py_ssize_t n, tcp_seg_t* t) noexcept nogil:
+    """Whether ``p`` is a TCP segment that GRO may merge: no IP options, fragments or
+    extension headers, a payload, and no flag but ACK (and PSH, which ends a run)."""
+    cdef Py_ssize_t ip_len, tcp_hdr
+    if n < 41:
+        return False
+    if p[0] == 0x45:
+        if p[9] != 6 or (load_be16(p + 6) & 0x3FFF) != 0 or load_be16(p + 2) != n:
+            return False
+        ip_len = 20
+    elif (p[0] >> 4) == 6:
+        if n < 61 or p[6] != 6 or load_be16(p + 4) != n - 40:
+            return False
+        ip_len = 40
+    else:
+        return False
+    tcp_hdr = (p[ip_len + 12] >> 4) * 4
+    if tcp_hdr < 20 or ip_len + tcp_hdr >= n:
+        return False
+    t.flags = p[ip_len + 13]
+    if (t.flags & ~(TCP_ACK | TCP_PSH)) != 0 or not (t.flags & TCP_ACK):
+        return False
+    t.ip_len = ip_len
+    t.head = ip_len + tcp_hdr
+    t.payload = n - t.head
+    t.seq = (<uint32_t>load_be16(p + ip_len + 4) << 16) | load_be16(p + ip_len + 6)
+    t.v6 = ip_len == 40
+    return True
+
+
+cdef inline bint tcp_follows(const uint8_t* a, const tcp_seg_t* ta, const uint8_t* b,
+                             const tcp_seg_t* tb, uint32_t seq, uint16_t ident) noexcept nogil:
+    """Whether segment ``b`` continues ``a``'s flow at ``seq`` with headers the kernel's
+    GRO would accept as the same (everything but lengths, id, seq, PSH and checksums)."""
+    cdef Py_ssize_t ipl = ta.ip_len
+    if tb.v6 != ta.v6 or tb.head != ta.head or tb.seq != seq:
+        return False
+    if ta.v6:
+        if memcmp(a, b, 4) != 0 or a[7] != b[7] or memcmp(a + 8, b + 8, 32) != 0:
+            return False
+    else:
+        if a[1] != b[1] or a[8] != b[8] or (a[6] & 0x40) != (b[6] & 0x40):
+            return False
+        if memcmp(a + 12, b + 12, 8) != 0:
+            return False
+        if not (a[6] & 0x40) and load_be16(b + 4) != ident:  # without DF, ids count up
+            return False
+    # Ports, ack number, data offset, window; then the options byte for byte.
+    return (memcmp(a + ipl, b + ipl, 4) == 0 and memcmp(a + ipl + 8, b + ipl + 8, 5) == 0
+            and memcmp(a + ipl + 14, b + ipl + 14, 2) == 0
+            and memcmp(a + ipl + 20, b + ipl + 20, ta.head - ipl - 20) == 0)
+
+
+cdef inline Py_ssize_t gro_run(PacketBatch batch, Py_ssize_t i, Py_ssize_t count,
+                               Py_ssize_t* run, tcp_seg_t* first) noexcept nogil:
+    """Slots from ``i`` that form one TCP super-segment (``run`` gets their indices);
+    returns how many (0 if slot ``i`` cannot start one)."""
+    cdef tcp_seg_t t
+    cdef const uint8_t* a = batch.pkt_ptr(i)
+    cdef Py_ssize_t m = 1, j, total, last_payload
+    cdef uint32_t seq
+    cdef uint16_t ident
+    if not tcp_parse(a, batch.lengths[i], first):
+        return 0
+    run[0] = i
+    total = first.head + first.payload
+    last_payload = first.payload
+    seq = first.seq + <uint32_t>first.payload
+    ident = load_be16(a + 4) + 1
+    t.flags = first.flags
+    j = i + 1
+    # Every piece but the last carries exactly gso_size (the first's payload) bytes.
+    while (j < count and m < GRO_MAX_RUN and last_payload == first.payload
+           and not (t.flags & TCP_PSH)):
+        if batch.status[j] != ST_OK:
+            j += 1
+            continue
+        if (not tcp_parse(batch.pkt_ptr(j), batch.lengths[j], &t)
+                or not tcp_follows(a, first, batch.pkt_ptr(j), &t, seq, ident)
+                or t.payload > first.payload or total + t.payload > 65535):
+            break
+        run[m] = j
+        m += 1
+        total += t.payload
+        last_payload = t.payload
+        seq += <uint32_t>t.payload
+        ident += 1
+        j += 1
+    return m
+
+
+cdef inline Py_ssize_t build_super(PacketBatch batch, const Py_ssize_t* run, Py_ssize_t m,
+                                   const tcp_seg_t* first, uint8_t* vhdr, uint8_t* head,
+                                   iovec* iov) noexcept nogil:
+    """The vnet header, the rewritten first headers and the iovecs of a super-segment made
+    of slots ``run[:m]`` (payloads are written from the slots, not copied); its length."""
+    cdef const uint8_t* a = batch.pkt_ptr(run[0])
+    cdef Py_ssize_t k, total = first.head, ipl = first.ip_len
+    cdef uint64_t acc
+    cdef uint16_t v
+    memcpy(head, a, first.head)
+    for k in range(m):
+        total += batch.lengths[run[k]] - first.head
+        iov[2 + k].iov_base = batch.pkt_ptr(run[k]) + first.head
+        iov[2 + k].iov_len = batch.lengths[run[k]] - first.head
+    iov[1].iov_base = head
+    iov[1].iov_len = first.head
+    # PSH of the last piece; the checksum field holds the pseudo-header sum only
+    # (CHECKSUM_PARTIAL, as a local sender would hand the segment to a NIC).
+    head[ipl + 13] = first.flags | (batch.pkt_ptr(run[m - 1])[ipl + 13] & TCP_PSH)
+    if first.v6:
+        store_be16(head + 4, <uint16_t>(total - 40))
+        acc = csum_add(0, head + 8, 32)
+    else:
+        store_be16(head + 2, <uint16_t>total)
+        ipv4_header_checksum(head, 20)
+        acc = csum_add(0, head + 12, 8)
+    acc += 6 + <uint64_t>(total - ipl)
+    while acc >> 16:
+        acc = (acc & 0xFFFF) + (acc >> 16)
+    store_be16(head + ipl + 16, <uint16_t>acc)
+    vhdr[0] = F_NEEDS_CSUM
+    vhdr[1] = GSO_TCPV6 if first.v6 else GSO_TCPV4
+    v = <uint16_t>first.head
+    memcpy(vhdr + 2, &v, 2)
+    v = <uint16_t>first.payload
+    memcpy(vhdr + 4, &v, 2)
+    v = <uint16_t>ipl
+    memcpy(vhdr + 6, &v, 2)
+    v = 16
+    memcpy(vhdr + 8, &v, 2)
+    return total
+
+
 def split_offloaded(data, PacketBatch batch not None):
     """Place one ``virtio_net_hdr`` + packet (as a vnet TUN read returns it) into ``batch``
     the way ``TunIO.read`` does; returns the number of slots used, 0 if they would not
@@ -260,7 +405,7 @@ cdef class TunIO:
     cdef Py_ssize_t pending         # bytes in scratch not yet placed (no room last time)
     cdef readonly unsigned long long rx_packets, rx_bytes, rx_too_big
     cdef readonly unsigned long long rx_offloaded, rx_offload_errors
-    cdef readonly unsigned long long tx_packets, tx_bytes, tx_failed
+    cdef readonly unsigned long long tx_packets, tx_bytes, tx_failed, tx_merged
 
     def __cinit__(self, int fd, int wake_fd=-1, bint vnet_hdr=False):
         if fd < 0:
@@ -424,56 +569,76 @@ cdef class TunIO:
         return n
 
     def write(self, PacketBatch batch not None):
-        """Write every alive slot to the device, one packet per ``write``.
+        """Write every alive slot to the device: one packet per ``write``, or, with
+        ``vnet_hdr``, each run of consecutive segments of one TCP flow as one GSO
+        super-segment (GRO: one trip through the receiving TCP stack per run).
 
-        Returns ``(written, errors)``: ``errors`` maps errno -> packets refused with it (a
-        refused packet is skipped, the rest still go out).
+        Returns ``(written, errors)`` in packets: ``errors`` maps errno -> packets refused
+        with it (a refused packet is skipped, the rest still go out).
         """
-        cdef Py_ssize_t i, count = batch.count
-        cdef Py_ssize_t r
+        cdef Py_ssize_t i, m, count = batch.count
+        cdef Py_ssize_t r, total
         cdef int e
-        cdef unsigned long long written = 0, nbytes = 0, failed = 0
+        cdef unsigned long long written = 0, nbytes = 0, failed = 0, merged = 0
         cdef unsigned long long errs[ERRNO_SLOTS]
         cdef int any_err = 0
         cdef uint8_t hdr[VNET_HDR_LEN]
-        cdef iovec iov[2]
+        cdef uint8_t gso_hdr[VNET_HDR_LEN]
+        cdef uint8_t head[120]
+        cdef iovec iov[GRO_MAX_RUN + 2]
+        cdef Py_ssize_t run[GRO_MAX_RUN]
+        cdef tcp_seg_t first
         cdef bint vnet = self.vnet_hdr
         for e in range(ERRNO_SLOTS):
             errs[e] = 0
         for e in range(VNET_HDR_LEN):
             hdr[e] = 0
         hdr[0] = F_DATA_VALID
-        iov[0].iov_base = hdr
-        iov[0].iov_len = VNET_HDR_LEN
         # Reads the batch (owned by the caller for the duration of the call) and writes
-        # only local counters.
+        # only local buffers and counters.
         with nogil:
-            for i in range(count):
+            i = 0
+            while i < count:
                 if batch.status[i] != ST_OK:
+                    i += 1
                     continue
+                m = gro_run(batch, i, count, run, &first) if vnet else 0
+                if m > 1:
+                    total = build_super(batch, run, m, &first, gso_hdr, head, iov)
+                    iov[0].iov_base = gso_hdr
+                    iov[0].iov_len = VNET_HDR_LEN
+                    i = run[m - 1] + 1
+                else:
+                    m = 1
+                    run[0] = i
+                    total = batch.lengths[i]
+                    iov[0].iov_base = hdr
+                    iov[0].iov_len = VNET_HDR_LEN
+                    iov[1].iov_base = batch.pkt_ptr(i)
+                    iov[1].iov_len = total
+                    i += 1
                 while True:
                     if vnet:
-                        iov[1].iov_base = batch.pkt_ptr(i)
-                        iov[1].iov_len = batch.lengths[i]
-                        r = writev(self.fd, iov, 2)
-                        if r >= VNET_HDR_LEN:
-                            r -= VNET_HDR_LEN
+                        r = writev(self.fd, iov, 2 + (m if m > 1 else 0))
                     else:
-                        r = write(self.fd, batch.pkt_ptr(i), batch.lengths[i])
+                        r = write(self.fd, batch.pkt_ptr(run[0]), batch.lengths[run[0]])
                     if r < 0 and errno == EINTR:
                         continue
                     break
                 if r < 0:
                     e = errno
-                    errs[e if 0 <= e < ERRNO_SLOTS else 0] += 1
-                    failed += 1
+                    errs[e if 0 <= e < ERRNO_SLOTS else 0] += m
+                    failed += m
                     any_err = 1
                 else:
-                    written += 1
-                    nbytes += <unsigned long long>r
+                    written += m
+                    nbytes += <unsigned long long>total
+                    if m > 1:
+                        merged += 1
         self.tx_packets += written
         self.tx_bytes += nbytes
         self.tx_failed += failed
+        self.tx_merged += merged
         errors = {}
         if any_err:
             for e in range(ERRNO_SLOTS):
