@@ -83,8 +83,27 @@ cdef inline int memcmp12(const uint8_t* a, const uint8_t* b) noexcept nogil:
     return 0
 
 
+# Sends go to a handful of peer endpoints again and again: parsing the address text with
+# ipaddress each time cost several microseconds per batch. Bounded by clearing.
+_packed = {}
+_PACKED_MAX = 4096
+
+
 def pack_endpoint(endpoint):
     """(ip, port) -> (16-byte address, port) in the batch's endpoint form."""
+    try:
+        return _packed[endpoint]
+    except (KeyError, TypeError):
+        pass
+    result = _pack_endpoint_uncached(endpoint)
+    if type(endpoint) is tuple:
+        if len(_packed) >= _PACKED_MAX:
+            _packed.clear()
+        _packed[endpoint] = result
+    return result
+
+
+def _pack_endpoint_uncached(endpoint):
     host, port = endpoint
     addr = ipaddress.ip_address(host)
     if not 0 <= port <= 0xFFFF:
