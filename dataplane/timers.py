@@ -63,6 +63,10 @@ class Handle(Generic[E]):
         self.event = event
 
     @property
+    def start(self) -> float:
+        return self._key[0]
+
+    @property
     def range(self) -> TimeRange:
         return TimeRange(self._key[0], self.end)
 

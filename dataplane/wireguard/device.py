@@ -738,6 +738,15 @@ class Device:
             timers.get(name), at, at + slack, (peer, name, self._timer_serial)
         )
 
+    def _arm_by(self, peer: Peer, name: str, at: float, slack: float) -> None:
+        """Make ``name`` fire by ``at``: a timer already armed for an earlier time stays
+        (its handler then finds the deadline not reached and re-arms). Every handshake
+        pushes the session timers later; this saves re-sorting them each time, at the cost
+        of one early wake-up per timer cycle."""
+        h = peer.timers.get(name)
+        if h is None or not h.pending or h.start > at:
+            self._mod_timer(peer, name, at, slack)
+
     def _del_timer(self, peer: Peer, name: str) -> None:
         h = peer.timers.pop(name, None)
         if h is not None:
@@ -773,9 +782,8 @@ class Device:
             self._mod_timer(peer, "persistent_keepalive", now + ka, min(1.0, ka / 64))
 
     def _timers_session_derived(self, peer: Peer, now: float) -> None:
-        self._mod_timer(
-            peer, "zero_key_material", now + ZERO_KEY_MATERIAL_TIME, ZERO_KEY_MATERIAL_TIME / 64
-        )
+        peer.zero_key_at = now + ZERO_KEY_MATERIAL_TIME
+        self._arm_by(peer, "zero_key_material", peer.zero_key_at, ZERO_KEY_MATERIAL_TIME / 64)
         self._schedule_expiry(peer)
 
     def _timers_handshake_complete(self, peer: Peer, now: float) -> None:
@@ -794,7 +802,8 @@ class Device:
             if kp is not None and (first is None or kp.created < first):
                 first = kp.created
         if first is not None:
-            self._mod_timer(peer, "expire", first + REJECT_AFTER_TIME, 1.0)
+            # _expired_expire re-checks every keypair, so a wake-up before this is harmless.
+            self._arm_by(peer, "expire", first + REJECT_AFTER_TIME, 1.0)
         else:
             self._del_timer(peer, "expire")
 
@@ -816,11 +825,9 @@ class Device:
             peer.attempt_start = None
             self._del_timer(peer, "passive_keepalive")
             if not self._timer_pending(peer, "zero_key_material"):
+                peer.zero_key_at = now + ZERO_KEY_MATERIAL_TIME
                 self._mod_timer(
-                    peer,
-                    "zero_key_material",
-                    now + ZERO_KEY_MATERIAL_TIME,
-                    ZERO_KEY_MATERIAL_TIME / 64,
+                    peer, "zero_key_material", peer.zero_key_at, ZERO_KEY_MATERIAL_TIME / 64
                 )
             return
         self.events["initiation_retransmit"] += 1
@@ -840,6 +847,10 @@ class Device:
             self._send_keepalive(peer, now, out)
 
     def _expired_zero_key_material(self, peer: Peer, now: float, out: _Out) -> None:
+        at = peer.zero_key_at
+        if at is not None and now < at:  # armed for an older session (see _arm_by)
+            self._mod_timer(peer, "zero_key_material", at, ZERO_KEY_MATERIAL_TIME / 64)
+            return
         self.events["key_material_wiped"] += 1
         self._wipe(peer)
 
@@ -868,6 +879,7 @@ class Device:
         peer.pending_since = None
         peer.attempt_start = None
         peer.last_sent_initiation = None
+        peer.zero_key_at = None
         for name in (
             "retransmit",
             "passive_keepalive",

@@ -77,6 +77,9 @@ class Peer:
         # Responder replay protection.
         self.last_timestamp: bytes | None = None
         self.last_initiation_consumed: float | None = None
+        # When the newest session's key material is to be wiped (its timer may be armed
+        # earlier, for an older session, and then re-arms itself).
+        self.zero_key_at: float | None = None
         # Initiator progress.
         self.pending: PendingInitiation | None = None
         self.pending_since: float | None = None  # first initiation of the pending chain
