@@ -1101,6 +1101,7 @@ def initiation_static(h0, ck0, body, es):
     if not _checked(static_c(_fixed(h0b, OUT, "h"), _fixed(ck0b, OUT, "ck"),
                              <const uint8_t*><const char*>bb, _fixed(esb, OUT, "es"),
                              h, ck, s)):
+        OPENSSL_cleanse(ck, sizeof(ck))
         return None
     return s[:OUT], h[:OUT], ck[:OUT]
 
