@@ -77,7 +77,7 @@ def test_tso_segment_is_cut_into_mss_pieces_with_fixed_headers(v6):
     batch = PacketBatch(8, mtu=1420)
     gso = GSO_TCPV6 if v6 else GSO_TCPV4
     used = split_offloaded(vnet(NEEDS_CSUM, gso, head, mss, head - 32, 16) + pkt, batch)
-    assert used == 4 == len(batch)
+    assert used == (4, 0) and len(batch) == 4
     pieces = batch.packets()
     assert b"".join(valid_tcp(p)[3] for p in pieces) == payload
     for i, p in enumerate(pieces):
@@ -111,7 +111,10 @@ def test_partial_checksum_is_completed():
         partial = ~csum(pseudo) & 0xFFFF
         l4 = l4[:field] + struct.pack("!H", partial) + l4[field + 2 :]
         batch = PacketBatch(2)
-        assert split_offloaded(vnet(NEEDS_CSUM, GSO_NONE, 0, 0, 20, field) + ip + l4, batch) == 1
+        assert split_offloaded(vnet(NEEDS_CSUM, GSO_NONE, 0, 0, 20, field) + ip + l4, batch) == (
+            1,
+            0,
+        )
         out = batch.packets()[0]
         assert csum(pseudo + out[20:]) == 0
 
@@ -119,15 +122,21 @@ def test_partial_checksum_is_completed():
 def test_plain_packet_without_flags_is_copied_untouched():
     pkt = tcp_segment(False, b"hello")
     batch = PacketBatch(2)
-    assert split_offloaded(vnet(0, GSO_NONE) + pkt, batch) == 1
+    assert split_offloaded(vnet(0, GSO_NONE) + pkt, batch) == (1, 0)
     assert batch.packets() == [pkt]
 
 
-def test_no_room_keeps_nothing_and_says_so():
-    pkt = tcp_segment(False, bytes(4000))
-    batch = PacketBatch(2, mtu=1420)
-    assert split_offloaded(vnet(0, GSO_TCPV4, 40, 1000) + pkt, batch) == 0
-    assert len(batch) == 0
+def test_a_segment_larger_than_the_batch_continues_in_the_next_one():
+    payload = bytes(range(250)) * 16  # 4000 bytes: 4 pieces of 1000
+    pkt = tcp_segment(False, payload)
+    data = vnet(0, GSO_TCPV4, 40, 1000) + pkt
+    first, second = PacketBatch(3, mtu=1420), PacketBatch(8, mtu=1420)
+    assert split_offloaded(data, first) == (3, 3)
+    assert split_offloaded(data, second, 3) == (1, 0)
+    pieces = first.packets() + second.packets()
+    assert [valid_tcp(p)[1] for p in pieces] == [1000 + i * 1000 for i in range(4)]
+    assert all(valid_tcp(p)[0] for p in pieces)
+    assert b"".join(valid_tcp(p)[3] for p in pieces) == payload
 
 
 @pytest.mark.parametrize(
@@ -145,13 +154,13 @@ def test_no_room_keeps_nothing_and_says_so():
 )
 def test_malformed_offload_is_refused(data):
     batch = PacketBatch(4, mtu=1420)
-    assert split_offloaded(data, batch) == -1
+    assert split_offloaded(data, batch)[0] == -1
     assert len(batch) == 0
 
 
 def test_oversize_plain_packet_is_marked_too_big():
     batch = PacketBatch(2, mtu=200)
-    assert split_offloaded(vnet(0, GSO_NONE) + bytes(400), batch) == 1
+    assert split_offloaded(vnet(0, GSO_NONE) + bytes(400), batch) == (1, 0)
     assert batch.status_of(0) == DropReason.TOO_BIG
 
 
@@ -165,26 +174,31 @@ def test_oversize_plain_packet_is_marked_too_big():
 def test_tso_pieces_reassemble_to_the_segment(v6, payload, mss, seq):
     pkt = tcp_segment(v6, payload, seq=seq, flags=0x18)
     segs = max(1, -(-len(payload) // mss))
-    batch = PacketBatch(256, mtu=1420)
-    used = split_offloaded(vnet(0, GSO_TCPV6 if v6 else GSO_TCPV4, 0, mss) + pkt, batch)
-    if segs > 256:
-        assert used == 0
-        return
-    assert used == segs
-    data = b""
-    for i, p in enumerate(batch.packets()):
+    data = vnet(0, GSO_TCPV6 if v6 else GSO_TCPV4, 0, mss) + pkt
+    got, first = [], 0
+    while True:  # as the read loop does: continue the segment in fresh batches
+        batch = PacketBatch(100, mtu=1420)
+        used, first = split_offloaded(data, batch, first)
+        assert used == len(batch) >= 1
+        got += batch.packets()
+        if not first:
+            break
+    assert len(got) == segs
+    out = b""
+    for i, p in enumerate(got):
         ok, s, _, d = valid_tcp(p)
         assert ok and s == (seq + i * mss) % 2**32
-        data += d
-    assert data == payload
+        out += d
+    assert out == payload
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=3000))
 def test_garbage_never_crashes(data):
     batch = PacketBatch(64, mtu=1420)
-    used = split_offloaded(data, batch)
-    assert used in (-1, 0) or 1 <= used == len(batch) <= 64
+    used, resume = split_offloaded(data, batch)
+    assert used == -1 or 1 <= used == len(batch) <= 64
+    assert resume == 0 or used == 64
 
 
 # --- GRO on write: runs of one flow become one super-segment -----------------------------
@@ -275,7 +289,7 @@ def test_write_merges_a_flow_and_the_kernel_view_splits_back_to_the_same_packets
     assert (hdr_len, start, offset) == (len(pkts[0]) - 1300, 40 if v6 else 20, 16)
     # What the kernel's TSO would make of it is exactly what we were given.
     back = PacketBatch(16, mtu=1420)
-    assert split_offloaded(hdr + sup, back) == 6
+    assert split_offloaded(hdr + sup, back) == (6, 0)
     assert back.packets() == pkts
 
 

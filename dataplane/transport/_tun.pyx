@@ -20,7 +20,7 @@ copied into its slot (its checksum completed if asked), a TSO segment is cut int
 ``gso_size`` pieces, one slot each, with the IPv4 id / total length / header checksum,
 the IPv6 payload length, the TCP sequence number, FIN/PSH/CWR and the TCP checksum of
 each piece rewritten, exactly as a NIC does. A segment that does not fit the batch's
-remaining slots is kept for the next ``read``; one the kernel should never produce
+remaining slots is continued by the next ``read``; one the kernel should never produce
 (unknown GSO type, malformed headers) is dropped and counted in ``rx_offload_errors``.
 Writes prepend a header that says "checksum already verified": WireGuard's AEAD has
 authenticated the packet, as the kernel implementation also tells its stack.
@@ -63,7 +63,6 @@ cdef enum:
     TCP_CWR = 0x80
     GRO_MAX_RUN = 64
 
-    PLACE_NO_ROOM = 0
     PLACE_BAD = -1
 
 
@@ -159,9 +158,11 @@ cdef inline Py_ssize_t place_plain(const uint8_t* hdr, const uint8_t* pkt, Py_ss
 
 cdef inline Py_ssize_t place_tso(const uint8_t* hdr, const uint8_t* pkt, Py_ssize_t n,
                                  PacketBatch batch, Py_ssize_t k, Py_ssize_t room,
-                                 Py_ssize_t limit) noexcept nogil:
-    """Cut one TSO segment into ``gso_size`` TCP segments in slots ``k``...; returns how
-    many, PLACE_NO_ROOM if they do not all fit in ``room``, PLACE_BAD if malformed."""
+                                 Py_ssize_t limit, Py_ssize_t first,
+                                 Py_ssize_t* resume) noexcept nogil:
+    """Cut one TSO segment into ``gso_size`` TCP segments, pieces ``first``... into slots
+    ``k``... (at most ``room``); returns how many were placed, PLACE_BAD if malformed.
+    ``resume`` gets the next piece to place when the room ran out, else 0."""
     cdef uint8_t gso = hdr[1] & ~GSO_ECN
     cdef Py_ssize_t mss = load_host16(hdr + 4)
     cdef bint v6 = gso == GSO_TCPV6
@@ -187,12 +188,14 @@ cdef inline Py_ssize_t place_tso(const uint8_t* hdr, const uint8_t* pkt, Py_ssiz
         return PLACE_BAD
     payload = n - head
     segs = (payload + mss - 1) // mss if payload else 1
-    if segs > room:
-        return PLACE_NO_ROOM
+    if first >= segs:
+        return PLACE_BAD
+    resume[0] = first + room if first + room < segs else 0
     seq = (<uint32_t>load_be16(pkt + ip_len + 4) << 16) | load_be16(pkt + ip_len + 6)
     ident = load_be16(pkt + 4)
     flags = pkt[ip_len + 13]
-    for i in range(segs):
+    k -= first
+    for i in range(first, segs if resume[0] == 0 else resume[0]):
         piece = payload - i * mss
         if piece > mss:
             piece = mss
@@ -218,20 +221,24 @@ cdef inline Py_ssize_t place_tso(const uint8_t* hdr, const uint8_t* pkt, Py_ssiz
         batch.lengths[k + i] = <uint32_t>(head + piece)
         batch.peers[k + i] = -1
         batch.status[k + i] = ST_OK
-    return segs
+    return (segs if resume[0] == 0 else resume[0]) - first
 
 
 cdef inline Py_ssize_t place(const uint8_t* buf, Py_ssize_t r, PacketBatch batch,
-                             Py_ssize_t k, Py_ssize_t room, Py_ssize_t limit) noexcept nogil:
-    """Put what one vnet read returned (header + packet) into slots from ``k``."""
+                             Py_ssize_t k, Py_ssize_t room, Py_ssize_t limit,
+                             Py_ssize_t first, Py_ssize_t* resume) noexcept nogil:
+    """Put what one vnet read returned (header + packet) into slots from ``k`` (``room`` of
+    them, at least one), starting at TSO piece ``first``; see ``place_tso``."""
     cdef uint8_t gso
-    if r < VNET_HDR_LEN:
+    resume[0] = 0
+    if r < VNET_HDR_LEN or room <= 0:
         return PLACE_BAD
     gso = buf[1] & ~GSO_ECN
     if gso == GSO_NONE:
         return place_plain(buf, buf + VNET_HDR_LEN, r - VNET_HDR_LEN, batch, k, limit)
     if gso == GSO_TCPV4 or gso == GSO_TCPV6:
-        return place_tso(buf, buf + VNET_HDR_LEN, r - VNET_HDR_LEN, batch, k, room, limit)
+        return place_tso(buf, buf + VNET_HDR_LEN, r - VNET_HDR_LEN, batch, k, room, limit,
+                         first, resume)
     return PLACE_BAD
 
 
@@ -378,21 +385,22 @@ cdef inline Py_ssize_t build_super(PacketBatch batch, const Py_ssize_t* run, Py_
     return total
 
 
-def split_offloaded(data, PacketBatch batch not None):
+def split_offloaded(data, PacketBatch batch not None, Py_ssize_t first=0):
     """Place one ``virtio_net_hdr`` + packet (as a vnet TUN read returns it) into ``batch``
-    the way ``TunIO.read`` does; returns the number of slots used, 0 if they would not
-    fit, -1 if malformed. For tests and tools; the read loop does this without the GIL."""
+    the way ``TunIO.read`` does, from TSO piece ``first`` on. Returns ``(placed, resume)``:
+    slots used (-1 if malformed) and the piece to continue from in another batch (0 when
+    all were placed). For tests and tools; the read loop does this without the GIL."""
     cdef const uint8_t[::1] src = memoryview(data).cast("B")
     cdef Py_ssize_t limit = batch.slot_size - batch.headroom - batch.tailroom
-    cdef Py_ssize_t k = batch.count, used
-    if src.shape[0] == 0:
-        return PLACE_BAD
+    cdef Py_ssize_t k = batch.count, used, resume = 0
+    if src.shape[0] == 0 or first < 0:
+        return PLACE_BAD, 0
     if batch.capacity == k:
-        return PLACE_NO_ROOM
-    used = place(&src[0], src.shape[0], batch, k, batch.capacity - k, limit)
+        return 0, first
+    used = place(&src[0], src.shape[0], batch, k, batch.capacity - k, limit, first, &resume)
     if used > 0:
         batch.count = k + used
-    return used
+    return used, resume
 
 
 cdef class TunIO:
@@ -402,7 +410,8 @@ cdef class TunIO:
     cdef int wake_fd
     cdef readonly bint vnet_hdr
     cdef uint8_t* scratch           # one vnet read (header + up to 64 KiB), vnet_hdr only
-    cdef Py_ssize_t pending         # bytes in scratch not yet placed (no room last time)
+    cdef Py_ssize_t pending         # bytes in scratch not all placed (no room last time)
+    cdef Py_ssize_t pending_piece   # the TSO piece of it to place next
     cdef readonly unsigned long long rx_packets, rx_bytes, rx_too_big
     cdef readonly unsigned long long rx_offloaded, rx_offload_errors
     cdef readonly unsigned long long tx_packets, tx_bytes, tx_failed, tx_merged
@@ -415,6 +424,7 @@ cdef class TunIO:
         self.vnet_hdr = vnet_hdr
         self.scratch = NULL
         self.pending = 0
+        self.pending_piece = 0
         if vnet_hdr:
             self.scratch = <uint8_t*>malloc(SCRATCH_LEN)
             if self.scratch == NULL:
@@ -498,7 +508,7 @@ cdef class TunIO:
         return n
 
     cdef object _read_vnet(self, PacketBatch batch, double timeout):
-        cdef Py_ssize_t base = batch.count, k, used
+        cdef Py_ssize_t base = batch.count, k, used, resume = 0
         cdef Py_ssize_t room = batch.capacity - batch.count
         cdef Py_ssize_t limit = batch.slot_size - batch.headroom - batch.tailroom
         cdef Py_ssize_t n = 0, r
@@ -543,21 +553,25 @@ cdef class TunIO:
                                 err = errno
                             break
                     k = base + n
-                    used = place(buf, r, batch, k, room - n, limit)
-                    if used == PLACE_NO_ROOM:
-                        self.pending = r  # first thing placed by the next read
-                        break
+                    used = place(buf, r, batch, k, room - n, limit, self.pending_piece,
+                                 &resume)
                     self.pending = 0
+                    self.pending_piece = 0
                     if used == PLACE_BAD:
                         bad += 1
                         continue
-                    if used > 1:
-                        offloaded += 1
+                    if buf[1] & ~GSO_ECN:
+                        offloaded += resume == 0
                     elif batch.status[k] == ST_TOO_BIG:
                         too_big += 1
                     for k in range(base + n, base + n + used):
                         nbytes += batch.lengths[k]
                     n += used
+                    if resume:
+                        # The batch is full: the rest of this TSO segment starts the next.
+                        self.pending = r
+                        self.pending_piece = resume
+                        break
         batch.count = base + n
         self.rx_packets += <unsigned long long>n
         self.rx_bytes += nbytes
