@@ -25,9 +25,15 @@ from cpython.bytes cimport (
     PyBytes_FromStringAndSize,
     PyBytes_GET_SIZE,
 )
+from cpython.ref cimport Py_REFCNT
 from libc.string cimport memcpy, memset
 
 cimport cython
+
+
+cdef extern from "Python.h":
+    ctypedef struct PyByteArrayObject:
+        Py_ssize_t ob_exports
 
 
 class DropReason(IntEnum):
@@ -213,6 +219,20 @@ cdef class PacketBatch:
     def clear(self):
         """Forget all packets; the slab is kept for reuse."""
         self.count = 0
+
+    def recycle(self):
+        """``clear()`` and return True if nothing but the caller can still see this batch:
+        no other reference to it and no view of its slab (``batch[i]``, ``slot(i)``) alive.
+        A transport that reads batch after batch reuses the slab then instead of allocating
+        and zeroing a new one (188 KB for 128 slots) per read. False leaves it untouched.
+
+        The caller's own reference, and the one this call holds, are the two expected."""
+        # ob_exports counts buffer views of the bytearray; our own typed memoryview
+        # ``slab`` is one of them.
+        if Py_REFCNT(self) > 2 or (<PyByteArrayObject*>self._buf).ob_exports != 1:
+            return False
+        self.count = 0
+        return True
 
     def __getitem__(self, Py_ssize_t i):
         """Zero-copy, writable ``memoryview`` of packet ``i``."""

@@ -478,3 +478,20 @@ def test_round_trip_any_packets(packets, headroom, tailroom):
     if kept and kept[0]:
         b[0][:] = bytes(len(kept[0]))
         assert b.packets() == [bytes(len(kept[0]))] + kept[1:]
+
+
+def test_recycle_only_when_nobody_else_can_see_the_slab():
+    b = PacketBatch(capacity=4)
+    b.append(b"abc")
+    view = b[0]
+    assert not b.recycle() and len(b) == 1  # a live view of the slab: keep it
+    del view
+    other = b
+    assert not b.recycle() and len(b) == 1  # another reference: keep it
+    del other
+    queue = [b]
+    assert not b.recycle()
+    queue.clear()
+    assert b.recycle() and len(b) == 0
+    b.append(b"again")
+    assert b.packets() == [b"again"]
