@@ -327,7 +327,12 @@ class RunningInterface:
                 self.driver.stats,
             )
         if self.udp is not None:
-            log.log(level, "udp errors %s", dict(self.udp.socket.errors))
+            log.log(
+                level,
+                "udp errors %s, kernel receive drops %d",
+                dict(self.udp.socket.errors),
+                self.udp.socket.rx_kernel_dropped,
+            )
 
     def close(self) -> None:
         """Tear everything down in reverse order; every step runs even if one fails."""

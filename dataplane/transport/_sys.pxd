@@ -34,12 +34,17 @@ cdef extern from "<sys/socket.h>" nogil:
     int MSG_WAITFORONE
     int MSG_TRUNC
 
+    int SOL_SOCKET
+    # Linux >= 2.6.33: each received message carries the socket's cumulative drop count.
+    int SO_RXQ_OVFL
+
     struct cmsghdr:
         size_t cmsg_len
         int cmsg_level
         int cmsg_type
 
     cmsghdr *CMSG_FIRSTHDR(msghdr *msgh)
+    cmsghdr *CMSG_NXTHDR(msghdr *msgh, cmsghdr *cmsg)
     unsigned char *CMSG_DATA(cmsghdr *cmsg)
     size_t CMSG_SPACE(size_t length)
     size_t CMSG_LEN(size_t length)

@@ -11,6 +11,8 @@ class BatchIO:
     rx_packets: int
     rx_bytes: int
     rx_truncated: int
+    @property
+    def rx_kernel_dropped(self) -> int: ...
     tx_packets: int
     tx_bytes: int
     tx_failed: int

@@ -12,10 +12,17 @@ destination or to each slot's own endpoint, retrying after partial sends. Both s
 without the GIL. Errors never raise: they are returned / counted per errno, since on a
 network socket EAGAIN, ENOBUFS, ECONNREFUSED (ICMP port unreachable) and friends are
 ordinary events.
+
+Kernel drops: a datagram that finds the socket's receive buffer full is dropped by the
+kernel before we can see it. With SO_RXQ_OVFL enabled on the socket (the caller's job),
+each received message carries the socket's cumulative drop count (uint32) in a control
+message; ``recv`` gives every message a control buffer and keeps the newest count in
+``rx_kernel_dropped``. The count a message carries is a snapshot taken when it was queued,
+so drops after the last queued datagram show up with the next one that gets in.
 """
 
 from libc.errno cimport errno, EINTR, EAGAIN, EIO, EINVAL, EOPNOTSUPP, ENOPROTOOPT
-from libc.stdint cimport uint8_t, uint16_t, uint32_t
+from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
 from posix.uio cimport iovec
@@ -23,9 +30,10 @@ from posix.unistd cimport read
 
 from dataplane._batch cimport PacketBatch, ST_OK, ST_TOO_BIG
 from dataplane.transport._sys cimport (
-    AF_INET, AF_INET6, MSG_DONTWAIT, MSG_TRUNC, htons, ntohs, mmsghdr, poll, pollfd, POLLIN,
-    recvmmsg, sendmmsg, sockaddr_in, sockaddr_in6, cmsghdr, CMSG_FIRSTHDR, CMSG_DATA,
-    CMSG_SPACE, CMSG_LEN, SOL_UDP, UDP_SEGMENT,
+    AF_INET, AF_INET6, MSG_DONTWAIT, MSG_TRUNC, htons, ntohs, mmsghdr, msghdr, poll, pollfd,
+    POLLIN, recvmmsg, sendmmsg, sockaddr_in, sockaddr_in6, cmsghdr, CMSG_FIRSTHDR,
+    CMSG_NXTHDR, CMSG_DATA, CMSG_SPACE, CMSG_LEN, SOL_SOCKET, SO_RXQ_OVFL, SOL_UDP,
+    UDP_SEGMENT,
 )
 
 import ipaddress
@@ -73,6 +81,21 @@ cdef inline int endpoint_to_sockaddr(int family, const uint8_t* addr16, uint16_t
     out.sin6_port = htons(port)
     memcpy(out.sin6_addr.s6_addr, addr16, 16)
     return sizeof(sockaddr_in6)
+
+
+cdef inline bint rxq_ovfl_count(msghdr* hdr, uint32_t* count) noexcept nogil:
+    """Store the socket drop count a received message carries; False if it carries none.
+
+    The kernel attaches that control message only once the count is non-zero.
+    """
+    cdef cmsghdr* cm = CMSG_FIRSTHDR(hdr)
+    while cm != NULL:
+        if (cm.cmsg_level == SOL_SOCKET and cm.cmsg_type == SO_RXQ_OVFL
+                and cm.cmsg_len >= CMSG_LEN(sizeof(uint32_t))):
+            memcpy(count, CMSG_DATA(cm), sizeof(uint32_t))  # no alignment promise
+            return True
+        cm = CMSG_NXTHDR(hdr, cm)
+    return False
 
 
 cdef inline int memcmp12(const uint8_t* a, const uint8_t* b) noexcept nogil:
@@ -125,6 +148,9 @@ cdef class BatchIO:
     cdef mmsghdr* rx_msgs
     cdef iovec* rx_iovs
     cdef sockaddr_in6* rx_addrs
+    cdef uint8_t* rx_cmsg_buf        # receive: room for one SO_RXQ_OVFL control message each
+    cdef size_t rx_cmsg_space
+    cdef uint32_t rx_ovfl_last       # newest raw (wrapping) kernel drop count seen
     cdef bint rx_busy, tx_busy
     cdef mmsghdr* msgs
     cdef iovec* iovs
@@ -135,6 +161,9 @@ cdef class BatchIO:
     cdef size_t cmsg_space
     cdef public bint gso             # use UDP GSO for single-destination sends
     cdef readonly unsigned long long rx_packets, rx_bytes, rx_truncated
+    # Datagrams the kernel dropped at this socket (receive buffer full), as reported by
+    # SO_RXQ_OVFL; stays 0 unless the socket has the option on.
+    cdef readonly unsigned long long rx_kernel_dropped
     cdef readonly unsigned long long tx_packets, tx_bytes, tx_failed
 
     def __cinit__(self, int fd, int family, unsigned int capacity=128, int wake_fd=-1):
@@ -144,6 +173,7 @@ cdef class BatchIO:
         self.rx_msgs = NULL
         self.rx_iovs = NULL
         self.rx_addrs = NULL
+        self.rx_cmsg_buf = NULL
         self.slot_of = NULL
         self.segs_of = NULL
         self.cmsg_buf = NULL
@@ -166,9 +196,12 @@ cdef class BatchIO:
         self.segs_of = <unsigned int*>calloc(capacity, sizeof(unsigned int))
         self.cmsg_space = CMSG_SPACE(sizeof(uint16_t))
         self.cmsg_buf = <uint8_t*>calloc(capacity, self.cmsg_space)
+        self.rx_cmsg_space = CMSG_SPACE(sizeof(uint32_t))
+        self.rx_cmsg_buf = <uint8_t*>calloc(capacity, self.rx_cmsg_space)
         if (self.msgs == NULL or self.iovs == NULL or self.addrs == NULL
                 or self.slot_of == NULL or self.segs_of == NULL or self.cmsg_buf == NULL
-                or self.rx_msgs == NULL or self.rx_iovs == NULL or self.rx_addrs == NULL):
+                or self.rx_msgs == NULL or self.rx_iovs == NULL or self.rx_addrs == NULL
+                or self.rx_cmsg_buf == NULL):
             raise MemoryError()
 
     def __dealloc__(self):
@@ -178,6 +211,7 @@ cdef class BatchIO:
         free(self.rx_msgs)
         free(self.rx_iovs)
         free(self.rx_addrs)
+        free(self.rx_cmsg_buf)
         free(self.slot_of)
         free(self.segs_of)
         free(self.cmsg_buf)
@@ -206,6 +240,8 @@ cdef class BatchIO:
         cdef pollfd fds[2]
         cdef unsigned long nfds = 1
         cdef uint8_t drain[8]
+        cdef uint32_t ovfl
+        cdef int32_t ovfl_delta
         if room == 0:
             return 0
         for j in range(room):
@@ -217,6 +253,9 @@ cdef class BatchIO:
             self.rx_msgs[j].msg_hdr.msg_iovlen = 1
             self.rx_msgs[j].msg_hdr.msg_name = &self.rx_addrs[j]
             self.rx_msgs[j].msg_hdr.msg_namelen = sizeof(sockaddr_in6)
+            # The kernel shrinks msg_controllen to what it wrote: reset on every call.
+            self.rx_msgs[j].msg_hdr.msg_control = self.rx_cmsg_buf + j * self.rx_cmsg_space
+            self.rx_msgs[j].msg_hdr.msg_controllen = self.rx_cmsg_space
         fds[0].fd = self.fd
         fds[0].events = POLLIN
         fds[0].revents = 0
@@ -225,8 +264,9 @@ cdef class BatchIO:
             fds[1].events = POLLIN
             fds[1].revents = 0
             nfds = 2
-        # Blocks in poll/recvmmsg; touches only this object's arrays and the batch's slots
-        # from batch.count on, which the caller owns.
+        # Blocks in poll/recvmmsg, then fills in the received slots; touches only this
+        # object's arrays and counters and the batch's slots from batch.count on, which the
+        # caller owns.
         with nogil:
             while True:
                 rc = poll(fds, nfds, ms)
@@ -247,22 +287,30 @@ cdef class BatchIO:
                 if n < 0:
                     err = errno
                     n = 0
+            for j in range(<unsigned int>n):
+                k = base + j
+                batch.offsets[k] = <uint32_t>batch.headroom
+                batch.lengths[k] = self.rx_msgs[j].msg_len
+                batch.peers[k] = -1
+                batch.status[k] = ST_OK
+                if self.rx_msgs[j].msg_hdr.msg_flags & MSG_TRUNC:
+                    batch.status[k] = ST_TOO_BIG
+                    batch.lengths[k] = <uint32_t>(batch.slot_size - batch.headroom)
+                    self.rx_truncated += 1
+                sockaddr_to_endpoint(&self.rx_addrs[j], &batch.ep_addr[k, 0],
+                                     &batch.ep_port[k])
+                self.rx_bytes += self.rx_msgs[j].msg_len
+                if rxq_ovfl_count(&self.rx_msgs[j].msg_hdr, &ovfl):
+                    # The kernel's counter is a wrapping uint32: add up the steps, so the
+                    # total survives a wrap; a step back (never expected) counts nothing.
+                    ovfl_delta = <int32_t>(ovfl - self.rx_ovfl_last)
+                    if ovfl_delta > 0:
+                        self.rx_kernel_dropped += <uint32_t>ovfl_delta
+                        self.rx_ovfl_last = ovfl
         if err:
             if err == EAGAIN:
                 return 0
             return -err
-        for j in range(<unsigned int>n):
-            k = base + j
-            batch.offsets[k] = <uint32_t>batch.headroom
-            batch.lengths[k] = self.rx_msgs[j].msg_len
-            batch.peers[k] = -1
-            batch.status[k] = ST_OK
-            if self.rx_msgs[j].msg_hdr.msg_flags & MSG_TRUNC:
-                batch.status[k] = ST_TOO_BIG
-                batch.lengths[k] = <uint32_t>(batch.slot_size - batch.headroom)
-                self.rx_truncated += 1
-            sockaddr_to_endpoint(&self.rx_addrs[j], &batch.ep_addr[k, 0], &batch.ep_port[k])
-            self.rx_bytes += self.rx_msgs[j].msg_len
         batch.count = base + n
         self.rx_packets += n
         return n

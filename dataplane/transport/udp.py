@@ -11,7 +11,9 @@ eventfd, so shutdown does not wait for traffic.
 Address families: binding to an IPv4 address gives an IPv4 socket; binding to an IPv6
 address gives an IPv6 socket, dual-stack for ``::`` (IPv4 peers appear as plain dotted
 quads in endpoints). Errors from the network (EAGAIN, ENOBUFS, ECONNREFUSED after an ICMP
-error, ...) are counted in ``errors`` by errno name and never stop the transport.
+error, ...) are counted in ``errors`` by errno name and never stop the transport. Datagrams
+the kernel drops because the receive buffer is full are counted too
+(``UdpSocket.rx_kernel_dropped``, from SO_RXQ_OVFL), so such loss is never silent.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ DEFAULT_BUFFER = 8 << 20
 # fits the default PacketBatch slot (1472 B, 16 B headroom).
 RECV_POLL_INTERVAL = 0.5
 SO_MARK = getattr(socket, "SO_MARK", 36)
+SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
 
 
 def _errname(code: int) -> str:
@@ -66,6 +69,7 @@ class UdpSocket:
                     socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if addr.is_unspecified else 1
                 )
             self._set_buffers(buffer_bytes)
+            self._enable_drop_count()
             self.sock.bind((host, port))
         except OSError:
             self.sock.close()
@@ -89,6 +93,22 @@ class UdpSocket:
                 self.sock.setsockopt(socket.SOL_SOCKET, force, size)
             except PermissionError:
                 self.sock.setsockopt(socket.SOL_SOCKET, plain, size)
+
+    def _enable_drop_count(self) -> None:
+        # Every received datagram then carries the socket's cumulative drop count; BatchIO
+        # reads it. Set before bind, so every datagram the socket queues carries it.
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+        except OSError as e:
+            log.debug("SO_RXQ_OVFL unavailable, kernel receive drops not counted: %s", e)
+
+    @property
+    def rx_kernel_dropped(self) -> int:
+        """Datagrams the kernel dropped at this socket, mostly for a full receive buffer.
+
+        Known once a later datagram arrives: each one carries the count as of its arrival.
+        """
+        return self.io.rx_kernel_dropped
 
     @property
     def address(self) -> Endpoint:
