@@ -376,12 +376,10 @@ class Device:
             self._count(DropReason.QUEUE_FULL, peer.stage(packets), "staged_overflow")
             self._initiate(peer, now, out, retry=False)
             return
-        before = batch.status_counts()
+        before = _wgbatch.status_snapshot(batch)
         kp.send_counter = kp.send.seal(batch, kp.remote_index, kp.send_counter, self.mtu)
-        after = batch.status_counts()
-        for reason, (b, a) in enumerate(zip(before, after, strict=True)):
-            if reason and a > b:
-                self._count(_REASONS[reason], a - b, "seal")
+        for reason, n in _wgbatch.new_drops(batch, before):
+            self._count(_REASONS[reason], n, "seal")
         n, nbytes = _wgbatch.tally_sealed(batch)
         if not n:
             return
