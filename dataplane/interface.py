@@ -331,7 +331,7 @@ class RunningInterface:
                 level,
                 "udp errors %s, kernel receive drops %d",
                 dict(self.udp.socket.errors),
-                self.udp.socket.rx_kernel_dropped,
+                self.udp.rx_kernel_dropped,
             )
 
     def close(self) -> None:

@@ -201,6 +201,7 @@ class UdpTransport:
         self.id: int = self.handle.id
         self._stop = threading.Event()
         self._rx_lock = threading.Lock()
+        self._kernel_dropped_before = 0
         self._tx_lock = threading.Lock()
         self.dropped_input_batches = 0
         self._threads = [
@@ -214,6 +215,12 @@ class UdpTransport:
     @property
     def address(self) -> Endpoint:
         return self.socket.address
+
+    @property
+    def rx_kernel_dropped(self) -> int:
+        """Datagrams the kernel dropped for a full receive buffer, over every socket this
+        transport has had (``rebind`` starts a new one)."""
+        return self._kernel_dropped_before + self.socket.rx_kernel_dropped
 
     @property
     def port(self) -> int:
@@ -232,6 +239,7 @@ class UdpTransport:
         old, self.socket = self.socket, new
         old.wake()
         with self._rx_lock, self._tx_lock:
+            self._kernel_dropped_before += old.rx_kernel_dropped
             old.close()
         log.info("listening on UDP port %d", self.port)
         return self.port
@@ -245,15 +253,19 @@ class UdpTransport:
             log.warning("cannot set fwmark %#x: %s", mark, e.strerror)
 
     def _receive_loop(self) -> None:
+        batch = PacketBatch(self._capacity, mtu=self._mtu)
         while not self._stop.is_set():
             with self._rx_lock:
                 sock = self.socket
                 if sock.closed:
                     continue
-                batch = PacketBatch(self._capacity, mtu=self._mtu)
                 sock.recv_batch(batch, timeout=RECV_POLL_INTERVAL)
-            if len(batch) and not self.handle.incoming.submit(batch):
-                self.dropped_input_batches += 1
+            if len(batch):
+                if not self.handle.incoming.submit(batch):
+                    self.dropped_input_batches += 1
+                # Processed inline and let go of: receive into the same slab again.
+                if not batch.recycle():
+                    batch = PacketBatch(self._capacity, mtu=self._mtu)
 
     def _send_now(self, endpoint: Endpoint, batch: Any) -> None:
         with self._tx_lock:
