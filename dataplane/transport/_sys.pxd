@@ -79,6 +79,7 @@ cdef extern from "<netinet/in.h>" nogil:
 cdef extern from "<netinet/udp.h>" nogil:
     int SOL_UDP
     int UDP_SEGMENT
+    int UDP_GRO
 
 
 cdef extern from "<poll.h>" nogil:

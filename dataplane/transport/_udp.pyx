@@ -19,6 +19,14 @@ each received message carries the socket's cumulative drop count (uint32) in a c
 message; ``recv`` gives every message a control buffer and keeps the newest count in
 ``rx_kernel_dropped``. The count a message carries is a snapshot taken when it was queued,
 so drops after the last queued datagram show up with the next one that gets in.
+
+UDP GRO (``enable_gro`` once the socket has ``UDP_GRO`` on, Linux >= 5.0): the kernel may
+then hand us a run of equal-sized datagrams from one sender as one message of up to 64 KiB
+(the receive-side twin of the GSO we send with), with the size of each in a ``UDP_GRO``
+control message: one trip through the receive path per run instead of per datagram.
+``recv`` then takes up to ``GRO_MSGS`` messages into buffers of its own and cuts them
+into slots; a message that does not fit the batch is continued by the next ``recv``
+before the socket is read again.
 """
 
 from libc.errno cimport errno, EINTR, EAGAIN, EIO, EINVAL, EOPNOTSUPP, ENOPROTOOPT
@@ -33,7 +41,7 @@ from dataplane.transport._sys cimport (
     AF_INET, AF_INET6, MSG_DONTWAIT, MSG_TRUNC, htons, ntohs, mmsghdr, msghdr, poll, pollfd,
     POLLIN, recvmmsg, sendmmsg, sockaddr_in, sockaddr_in6, cmsghdr, CMSG_FIRSTHDR,
     CMSG_NXTHDR, CMSG_DATA, CMSG_SPACE, CMSG_LEN, SOL_SOCKET, SO_RXQ_OVFL, SOL_UDP,
-    UDP_SEGMENT,
+    UDP_GRO, UDP_SEGMENT,
 )
 
 import ipaddress
@@ -44,6 +52,8 @@ import ipaddress
 cdef enum:
     GSO_MAX_SEGMENTS = 64
     GSO_MAX_BYTES = 65000
+    GRO_MSGS = 32           # messages per recvmmsg with GRO: each may hold a whole run
+    GRO_BUF = 65536         # bytes per message buffer: the largest UDP payload fits
 
 cdef uint8_t V4_MAPPED[12]
 memset(V4_MAPPED, 0, 10)
@@ -96,6 +106,19 @@ cdef inline bint rxq_ovfl_count(msghdr* hdr, uint32_t* count) noexcept nogil:
             return True
         cm = CMSG_NXTHDR(hdr, cm)
     return False
+
+
+cdef inline Py_ssize_t udp_gro_size(msghdr* hdr) noexcept nogil:
+    """The datagram size of a coalesced message (UDP_GRO control message), or 0."""
+    cdef cmsghdr* cm = CMSG_FIRSTHDR(hdr)
+    cdef int size
+    while cm != NULL:
+        if (cm.cmsg_level == SOL_UDP and cm.cmsg_type == UDP_GRO
+                and cm.cmsg_len >= CMSG_LEN(sizeof(int))):
+            memcpy(&size, CMSG_DATA(cm), sizeof(int))
+            return size if size > 0 else 0
+        cm = CMSG_NXTHDR(hdr, cm)
+    return 0
 
 
 cdef inline int memcmp12(const uint8_t* a, const uint8_t* b) noexcept nogil:
@@ -160,6 +183,17 @@ cdef class BatchIO:
     cdef uint8_t* cmsg_buf           # send: one UDP_SEGMENT control message per message
     cdef size_t cmsg_space
     cdef public bint gso             # use UDP GSO for single-destination sends
+    cdef readonly bint gro           # receive coalesced runs (enable_gro)
+    cdef uint8_t* gro_buf            # GRO_MSGS buffers of GRO_BUF bytes
+    cdef mmsghdr* gro_msgs
+    cdef iovec* gro_iovs
+    cdef sockaddr_in6* gro_addrs
+    cdef uint8_t* gro_cmsg_buf       # room for UDP_GRO and SO_RXQ_OVFL per message
+    cdef size_t gro_cmsg_space
+    cdef unsigned int gro_held       # messages of the last recvmmsg ...
+    cdef unsigned int gro_next       # ... the next one to cut into slots ...
+    cdef Py_ssize_t gro_piece        # ... and its next datagram
+    cdef readonly unsigned long long rx_coalesced  # messages that carried > 1 datagram
     cdef readonly unsigned long long rx_packets, rx_bytes, rx_truncated
     # Datagrams the kernel dropped at this socket (receive buffer full), as reported by
     # SO_RXQ_OVFL; stays 0 unless the socket has the option on.
@@ -178,6 +212,12 @@ cdef class BatchIO:
         self.segs_of = NULL
         self.cmsg_buf = NULL
         self.gso = True
+        self.gro = False
+        self.gro_buf = NULL
+        self.gro_msgs = NULL
+        self.gro_iovs = NULL
+        self.gro_addrs = NULL
+        self.gro_cmsg_buf = NULL
         if family != AF_INET and family != AF_INET6:
             raise ValueError(f"unsupported address family {family}")
         if capacity == 0 or capacity > 4096:
@@ -215,6 +255,31 @@ cdef class BatchIO:
         free(self.slot_of)
         free(self.segs_of)
         free(self.cmsg_buf)
+        free(self.gro_buf)
+        free(self.gro_msgs)
+        free(self.gro_iovs)
+        free(self.gro_addrs)
+        free(self.gro_cmsg_buf)
+
+    def enable_gro(self):
+        """Take coalesced runs from now on (the socket must have UDP_GRO on: else nothing
+        arrives coalesced and this only costs ~2 MiB of buffers)."""
+        if self.gro:
+            return
+        if self.rx_busy:
+            raise RuntimeError("enable_gro while recv runs in another thread")
+        self.gro_cmsg_space = CMSG_SPACE(sizeof(int)) + CMSG_SPACE(sizeof(uint32_t))
+        self.gro_buf = <uint8_t*>calloc(GRO_MSGS, GRO_BUF)
+        self.gro_msgs = <mmsghdr*>calloc(GRO_MSGS, sizeof(mmsghdr))
+        self.gro_iovs = <iovec*>calloc(GRO_MSGS, sizeof(iovec))
+        self.gro_addrs = <sockaddr_in6*>calloc(GRO_MSGS, sizeof(sockaddr_in6))
+        self.gro_cmsg_buf = <uint8_t*>calloc(GRO_MSGS, self.gro_cmsg_space)
+        if (self.gro_buf == NULL or self.gro_msgs == NULL or self.gro_iovs == NULL
+                or self.gro_addrs == NULL or self.gro_cmsg_buf == NULL):
+            raise MemoryError()
+        self.gro_held = self.gro_next = 0
+        self.gro_piece = 0
+        self.gro = True
 
     def recv(self, PacketBatch batch not None, double timeout=-1.0):
         """Append the datagrams that are ready (waiting up to ``timeout`` s; < 0 = forever).
@@ -227,9 +292,118 @@ cdef class BatchIO:
             raise RuntimeError("BatchIO.recv is already running in another thread")
         self.rx_busy = True
         try:
+            if self.gro:
+                return self._recv_gro(batch, timeout)
             return self._recv(batch, timeout)
         finally:
             self.rx_busy = False
+
+    cdef object _recv_gro(self, PacketBatch batch, double timeout):
+        cdef Py_ssize_t room = batch.capacity - batch.count, base = batch.count, k
+        cdef Py_ssize_t limit = batch.slot_size - batch.headroom
+        cdef Py_ssize_t placed = 0, size, pieces, off, plen, total
+        cdef unsigned int j
+        cdef int n = 0, rc = 1, err = 0
+        cdef int ms = -1 if timeout < 0 else <int>(timeout * 1000)
+        cdef pollfd fds[2]
+        cdef unsigned long nfds = 1
+        cdef uint8_t drain[8]
+        cdef uint32_t ovfl
+        cdef int32_t ovfl_delta
+        cdef const uint8_t* src
+        cdef msghdr* hdr
+        if room <= 0:
+            return 0
+        fds[0].fd = self.fd
+        fds[0].events = POLLIN
+        fds[0].revents = 0
+        if self.wake_fd >= 0:
+            fds[1].fd = self.wake_fd
+            fds[1].events = POLLIN
+            fds[1].revents = 0
+            nfds = 2
+        # Touches this object's buffers and counters and the batch's slots from
+        # batch.count on (the caller's), nothing else.
+        with nogil:
+            if self.gro_next >= self.gro_held:
+                while True:
+                    rc = poll(fds, nfds, ms)
+                    if rc < 0 and errno == EINTR:
+                        continue
+                    break
+                if rc > 0 and nfds == 2 and fds[1].revents != 0:
+                    read(self.wake_fd, drain, 8)
+                if rc < 0:
+                    err = errno
+                elif rc > 0 and fds[0].revents != 0:
+                    for j in range(GRO_MSGS):
+                        self.gro_iovs[j].iov_base = self.gro_buf + <size_t>j * GRO_BUF
+                        self.gro_iovs[j].iov_len = GRO_BUF
+                        memset(&self.gro_msgs[j], 0, sizeof(mmsghdr))
+                        hdr = &self.gro_msgs[j].msg_hdr
+                        hdr.msg_iov = &self.gro_iovs[j]
+                        hdr.msg_iovlen = 1
+                        hdr.msg_name = &self.gro_addrs[j]
+                        hdr.msg_namelen = sizeof(sockaddr_in6)
+                        hdr.msg_control = self.gro_cmsg_buf + j * self.gro_cmsg_space
+                        hdr.msg_controllen = self.gro_cmsg_space
+                    while True:
+                        n = recvmmsg(self.fd, self.gro_msgs, GRO_MSGS, MSG_DONTWAIT, NULL)
+                        if n < 0 and errno == EINTR:
+                            continue
+                        break
+                    if n < 0:
+                        err = errno
+                        n = 0
+                    self.gro_held = <unsigned int>n
+                    self.gro_next = 0
+                    self.gro_piece = 0
+                    for j in range(<unsigned int>n):
+                        if rxq_ovfl_count(&self.gro_msgs[j].msg_hdr, &ovfl):
+                            ovfl_delta = <int32_t>(ovfl - self.rx_ovfl_last)
+                            if ovfl_delta > 0:
+                                self.rx_kernel_dropped += <uint32_t>ovfl_delta
+                                self.rx_ovfl_last = ovfl
+            while self.gro_next < self.gro_held and placed < room:
+                j = self.gro_next
+                hdr = &self.gro_msgs[j].msg_hdr
+                total = self.gro_msgs[j].msg_len
+                size = udp_gro_size(hdr)
+                if size == 0 or size > total:
+                    size = total
+                pieces = (total + size - 1) // size if size else 1
+                src = self.gro_buf + <size_t>j * GRO_BUF
+                while self.gro_piece < pieces and placed < room:
+                    off = self.gro_piece * size
+                    plen = total - off
+                    if plen > size:
+                        plen = size
+                    k = base + placed
+                    batch.offsets[k] = <uint32_t>batch.headroom
+                    batch.peers[k] = -1
+                    batch.status[k] = ST_OK
+                    if plen > limit:
+                        plen = limit
+                        batch.status[k] = ST_TOO_BIG
+                        self.rx_truncated += 1
+                    if plen:
+                        memcpy(batch.slot_ptr(k) + batch.headroom, src + off, plen)
+                    batch.lengths[k] = <uint32_t>plen
+                    sockaddr_to_endpoint(&self.gro_addrs[j], &batch.ep_addr[k, 0],
+                                         &batch.ep_port[k])
+                    self.rx_bytes += <unsigned long long>plen
+                    placed += 1
+                    self.gro_piece += 1
+                if self.gro_piece >= pieces:
+                    if pieces > 1:
+                        self.rx_coalesced += 1
+                    self.gro_next += 1
+                    self.gro_piece = 0
+        batch.count = base + placed
+        self.rx_packets += <unsigned long long>placed
+        if placed == 0 and err and err != EAGAIN:
+            return -err
+        return placed
 
     cdef object _recv(self, PacketBatch batch, double timeout):
         cdef unsigned int room = <unsigned int>min(batch.capacity - batch.count, self.capacity)
