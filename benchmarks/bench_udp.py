@@ -1,7 +1,10 @@
 """UDP underlay: batched recvmmsg/sendmmsg vs one socket call per datagram (loopback).
 
 Groups: udp-recv-<size> and udp-send-<size>, each with the dataplane batch path and the
-per-packet ``socket.recvfrom`` / ``socket.sendto`` baseline, 128 datagrams per round.
+per-packet ``socket.recvfrom`` / ``socket.sendto`` baseline, 128 datagrams per round. The
+sender uses GSO, so a GRO-enabled receiver gets the round coalesced; ``recv_batched_nogro``
+is the batched receive without GRO, and the per-packet baseline reads a plain socket
+(which the kernel hands datagrams one by one).
 
 Run: python -m pytest benchmarks/bench_udp.py --benchmark-only
 """
@@ -36,10 +39,7 @@ def drain(sock: UdpSocket) -> None:
             return
 
 
-@pytest.mark.parametrize("size", SIZES)
-def test_recv_batched(benchmark, pair, size):
-    benchmark.group = f"udp-recv-{size}"
-    a, b = pair
+def _recv_batched(benchmark, a: UdpSocket, b: UdpSocket, size: int) -> None:
     payload = PacketBatch.from_packets([bytes(size)] * N)
     batch = PacketBatch(N)
 
@@ -57,21 +57,46 @@ def test_recv_batched(benchmark, pair, size):
 
 
 @pytest.mark.parametrize("size", SIZES)
-def test_recv_per_packet(benchmark, pair, size):
+def test_recv_batched(benchmark, pair, size):
     benchmark.group = f"udp-recv-{size}"
     a, b = pair
+    assert b.io.gro
+    _recv_batched(benchmark, a, b, size)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_recv_batched_nogro(benchmark, pair, size):
+    benchmark.group = f"udp-recv-{size}"
+    a, _ = pair
+    b = UdpSocket(("127.0.0.1", 0), gro=False)
+    try:
+        _recv_batched(benchmark, a, b, size)
+    finally:
+        b.close()
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_recv_per_packet(benchmark, pair, size):
+    benchmark.group = f"udp-recv-{size}"
+    a, _ = pair
     payload = PacketBatch.from_packets([bytes(size)] * N)
-    raw = b.sock
+    raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    raw.bind(("127.0.0.1", 0))
     raw.settimeout(1)
+    dst = raw.getsockname()
 
     def setup():
-        a.send_batch(payload, b.address)
+        a.send_batch(payload, dst)
         return (), {}
 
     def run():
         return [raw.recvfrom(2048) for _ in range(N)]
 
-    assert len(benchmark.pedantic(run, setup=setup, rounds=300, warmup_rounds=5)) == N
+    try:
+        assert len(benchmark.pedantic(run, setup=setup, rounds=300, warmup_rounds=5)) == N
+    finally:
+        raw.close()
 
 
 @pytest.mark.parametrize("size", SIZES)
