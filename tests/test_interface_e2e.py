@@ -27,16 +27,30 @@ from pathlib import Path
 import pytest
 from conftest import skip_or_fail
 from icmp_ping import ping_cmd
+from netns import (
+    REPO,
+    SOCK_DIR,
+    TAG,
+    Namespaces,
+    WireguardGo,
+    in_ns,
+    ip,
+    popen_in,
+    remove_stale_socket,
+    require,
+    run,
+    secret_file,
+    stop,
+    veth,
+    wait_for,
+)
 
 from dataplane.wireguard.keys import PresharedKey, PrivateKey
 
 pytestmark = pytest.mark.privileged
 
-REPO = Path(__file__).resolve().parent.parent
-TAG = os.getpid() % 100000
 NS_GO, NS_US = f"dpe2g{TAG}", f"dpe2u{TAG}"
 IF_GO, IF_US = f"dpgo{TAG}", f"dpus{TAG}"
-SOCK_DIR = "/var/run/wireguard"
 GO_UNDERLAY, US_UNDERLAY = ("10.98.0.1", 51820), ("10.98.0.2", 51821)
 GO4, US4, GO6, US6 = "10.99.0.1", "10.99.0.2", "fd99::1", "fd99::2"
 IPERF_SECONDS = 3
@@ -46,61 +60,23 @@ IPERF_SECONDS = 3
 MTU = 1420
 
 
-def run(*cmd: str, check: bool = True, timeout: float = 20) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        cmd, check=check, capture_output=True, text=True, timeout=timeout, cwd=REPO
-    )
-
-
-def in_ns(ns: str, *cmd: str, check: bool = True, timeout: float = 20):
-    return run("ip", "netns", "exec", ns, *cmd, check=check, timeout=timeout)
-
-
-def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what}: process exited with {proc.returncode}")
-        if time.monotonic() > end:
-            raise TimeoutError(f"{what}: not within {timeout} s")
-        time.sleep(0.05)
-
-
-def stop(proc: subprocess.Popen | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
-
-
 class Lab:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.go_key, self.us_key = PrivateKey.generate(), PrivateKey.generate()
         self.psk = PresharedKey.generate()
-        self.go: subprocess.Popen | None = None
+        self.namespaces = Namespaces()
+        self.go = WireguardGo(NS_GO, IF_GO, tmp)
         self.us: subprocess.Popen | None = None
-        self.go_log = open(tmp / "wireguard-go.log", "w")
-        self.us_log = open(tmp / "dataplane.log", "w")
+        self.us_log = tmp / "dataplane.log"
         self.conf = tmp / f"{IF_US}.conf"
         self.results: dict[str, float] = {}
 
     def setup(self) -> None:
-        for ns in (NS_GO, NS_US):
-            run("ip", "netns", "del", ns, check=False)  # left over by a killed run
-            run("ip", "netns", "add", ns)
-            run("ip", "-n", ns, "link", "set", "lo", "up")
-        run("ip", "-n", NS_GO, "link", "add", "veth0", "type", "veth",
-            "peer", "name", "veth1", "netns", NS_US)  # fmt: skip
-        run("ip", "-n", NS_GO, "addr", "add", "10.98.0.1/24", "dev", "veth0")
-        run("ip", "-n", NS_US, "addr", "add", "10.98.0.2/24", "dev", "veth1")
-        run("ip", "-n", NS_GO, "link", "set", "veth0", "up")
-        run("ip", "-n", NS_US, "link", "set", "veth1", "up")
-        self._start_wireguard_go()
+        self.namespaces.add(NS_GO)
+        self.namespaces.add(NS_US)
+        veth(NS_GO, NS_US, f"{GO_UNDERLAY[0]}/24", f"{US_UNDERLAY[0]}/24")
+        self.start_wireguard_go()
         self.conf.write_text(
             "# our side, written like a wg-quick file\n"
             "[Interface]\n"
@@ -117,74 +93,40 @@ class Lab:
         os.chmod(self.conf, 0o600)
         self.us = self.start_us()
 
-    def _start_wireguard_go(self, us_port: int = US_UNDERLAY[1]) -> None:
-        env = dict(os.environ, WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD="1")
-        self.go = subprocess.Popen(
-            ["ip", "netns", "exec", NS_GO, "wireguard-go", "-f", IF_GO],
-            stdout=self.go_log,
-            stderr=subprocess.STDOUT,
-            env=env,
+    def start_wireguard_go(self, us_port: int = US_UNDERLAY[1]) -> None:
+        self.go.start()
+        self.go.configure(
+            self.go_key,
+            GO_UNDERLAY[1],
+            self.us_key.public_key,
+            psk=self.psk,
+            allowed_ips=[f"{US4}/32", f"{US6}/128"],
+            endpoint=(US_UNDERLAY[0], us_port),
         )
-        wait_for(lambda: os.path.exists(f"{SOCK_DIR}/{IF_GO}.sock"), 10, "wireguard-go", self.go)
-        (self.tmp / "go.key").write_text(self.go_key.to_base64() + "\n")
-        (self.tmp / "psk").write_text(self.psk.to_base64() + "\n")
-        os.chmod(self.tmp / "go.key", 0o600)
-        os.chmod(self.tmp / "psk", 0o600)
-        run("wg", "set", IF_GO, "private-key", str(self.tmp / "go.key"),
-            "listen-port", str(GO_UNDERLAY[1]),
-            "peer", self.us_key.public_key.to_base64(),
-            "preshared-key", str(self.tmp / "psk"),
-            "allowed-ips", f"{US4}/32,{US6}/128",
-            "endpoint", f"{US_UNDERLAY[0]}:{us_port}")  # fmt: skip
-        run("ip", "-n", NS_GO, "addr", "add", f"{GO4}/24", "dev", IF_GO)
-        run("ip", "-n", NS_GO, "addr", "add", f"{GO6}/64", "dev", IF_GO, "nodad")
-        run("ip", "-n", NS_GO, "link", "set", IF_GO, "mtu", str(MTU), "up")
+        self.go.up(f"{GO4}/24", f"{GO6}/64", mtu=MTU)
 
     def start_us(self) -> subprocess.Popen:
         env = dict(os.environ, PYTHONPATH=str(REPO))
-        proc = subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                NS_US,
-                sys.executable,
-                "-m",
-                "dataplane",
-                "up",
-                "-v",
-                str(self.conf),
-            ],  # fmt: skip
-            stdout=self.us_log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=self.tmp,
-        )
+        with open(self.us_log, "a") as log:  # the child keeps its own descriptor
+            proc = popen_in(
+                NS_US, sys.executable, "-m", "dataplane", "up", "-v", str(self.conf), stdout=log,
+                stderr=subprocess.STDOUT, env=env, cwd=self.tmp,
+            )  # fmt: skip
         wait_for(lambda: os.path.exists(f"{SOCK_DIR}/{IF_US}.sock"), 15, "dataplane up", proc)
         return proc
 
     def close(self) -> None:
         stop(self.us)
-        stop(self.go)
-        for ns in (NS_GO, NS_US):
-            run("ip", "netns", "del", ns, check=False)
-        for name in (IF_GO, IF_US):
-            # Only a socket nobody serves any more; both owners remove theirs on exit.
-            path = f"{SOCK_DIR}/{name}.sock"
-            if (
-                os.path.exists(path)
-                and subprocess.run(["wg", "show", name], capture_output=True, timeout=5).returncode
-            ):
-                os.unlink(path)
-        self.go_log.close()
-        self.us_log.close()
+        self.go.stop()
+        self.namespaces.close()
+        remove_stale_socket(IF_US)  # only if `dataplane up` was SIGKILLed
 
     def logs(self) -> str:
         return (
             "--- dataplane ---\n"
-            + (self.tmp / "dataplane.log").read_text(errors="replace")[-3000:]
+            + self.us_log.read_text(errors="replace")[-3000:]
             + "\n--- wireguard-go ---\n"
-            + (self.tmp / "wireguard-go.log").read_text(errors="replace")[-1500:]
+            + self.go.log_text(1500)
         )
 
 
@@ -195,13 +137,7 @@ def dump(name: str) -> list[list[str]]:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    if os.geteuid() != 0:
-        skip_or_fail("end-to-end interface test needs root")
-    for tool in ("ip", "wg", "wireguard-go"):
-        if shutil.which(tool) is None:
-            skip_or_fail(f"{tool} is not installed")
-    if not os.path.exists("/dev/net/tun"):
-        skip_or_fail("/dev/net/tun is missing")
+    require("end-to-end interface test", "ip", "wg", "wireguard-go")
     lab = Lab(tmp_path_factory.mktemp("e2e"))
     try:
         lab.setup()
@@ -232,11 +168,8 @@ def test_ping_both_ways_ipv4_and_ipv6(lab):
 def test_iperf3_tcp_transfer_completes(lab):
     if shutil.which("iperf3") is None:
         skip_or_fail("iperf3 is not installed")
-    server = subprocess.Popen(
-        ["ip", "netns", "exec", NS_GO, "iperf3", "-s", "-1", "-B", GO4],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = popen_in(NS_GO, "iperf3", "-s", "-1", "-B", GO4, stdout=subprocess.DEVNULL,
+                      stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         time.sleep(0.3)
         r = in_ns(NS_US, "iperf3", "-c", GO4, "-t", str(IPERF_SECONDS), "-J", "--connect-timeout",
@@ -280,10 +213,10 @@ def test_wg_show_through_our_socket_has_handshake_and_counters(lab):
 
 def test_listen_port_change_through_wg_moves_the_socket(lab):
     # A busy port is refused (EADDRINUSE through wg) and the socket stays where it was.
-    holder = subprocess.Popen(
-        ["ip", "netns", "exec", NS_US, sys.executable, "-c",
-         "import socket, time; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
-         "s.bind(('0.0.0.0', 51823)); print('bound', flush=True); time.sleep(20)"],
+    holder = popen_in(
+        NS_US, sys.executable, "-c",
+        "import socket, time; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+        "s.bind(('0.0.0.0', 51823)); print('bound', flush=True); time.sleep(20)",
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -303,15 +236,11 @@ def test_listen_port_change_through_wg_moves_the_socket(lab):
 
 def test_private_key_change_through_wg_keeps_the_interface_working(lab):
     new_key = PrivateKey.generate()
-    key_file = lab.tmp / "us-new.key"
-    key_file.write_text(new_key.to_base64() + "\n")
-    os.chmod(key_file, 0o600)
-    run("wg", "set", IF_US, "private-key", str(key_file))
+    run("wg", "set", IF_US, "private-key", secret_file(lab.tmp / "us-new.key", new_key))
     assert dump(IF_US)[0][1] == new_key.public_key.to_base64()
-    run("wg", "set", IF_GO, "peer", lab.us_key.public_key.to_base64(), "remove")
-    run("wg", "set", IF_GO, "peer", new_key.public_key.to_base64(),
-        "preshared-key", str(lab.tmp / "psk"), "allowed-ips", f"{US4}/32,{US6}/128",
-        "endpoint", f"{US_UNDERLAY[0]}:51822")  # fmt: skip
+    lab.go.remove_peer(lab.us_key.public_key)
+    lab.go.set_peer(new_key.public_key, lab.psk, [f"{US4}/32", f"{US6}/128"],
+                    (US_UNDERLAY[0], 51822))  # fmt: skip
     # The rebuilt core still delivers to the TUN and sends through the same UDP socket.
     ping(lab, NS_GO, US4)
     ping(lab, NS_US, GO6)
@@ -320,15 +249,15 @@ def test_private_key_change_through_wg_keeps_the_interface_working(lab):
 
 def test_roaming_and_restarted_wireguard_go(lab):
     # wireguard-go moves to another port: its next authenticated packet moves our endpoint.
-    run("wg", "set", IF_GO, "listen-port", "51830")
+    lab.go.set("listen-port", "51830")
     ping(lab, NS_GO, US4)
     assert dump(IF_US)[1][2] == f"{GO_UNDERLAY[0]}:51830"
     ping(lab, NS_US, GO4)
     # Killed and restarted (same key, fresh state, back on its first port): its new
     # handshake replaces our stale session and traffic flows both ways again.
-    stop(lab.go)
-    run("ip", "-n", NS_GO, "link", "del", IF_GO, check=False)
-    lab._start_wireguard_go(us_port=51822)
+    lab.go.stop()
+    ip(NS_GO, "link", "del", IF_GO, check=False)
+    lab.start_wireguard_go(us_port=51822)
     ping(lab, NS_GO, US4)
     ping(lab, NS_US, GO6)
     assert dump(IF_US)[1][2] == f"{GO_UNDERLAY[0]}:{GO_UNDERLAY[1]}"
@@ -341,7 +270,7 @@ def test_down_removes_interface_and_socket(lab):
     assert lab.us.wait(10) == 0, lab.logs()
     assert not os.path.exists(f"{SOCK_DIR}/{IF_US}.sock")
     assert IF_US not in run("ip", "-n", NS_US, "link", "show").stdout
-    log = (lab.tmp / "dataplane.log").read_text()
+    log = lab.us_log.read_text()
     assert "Traceback" not in log and "UAPI socket deleted" in log
 
 
@@ -393,16 +322,13 @@ def test_sigterm_tears_down_cleanly(lab):
     assert proc.wait(10) == 0, lab.logs()
     assert not os.path.exists(f"{SOCK_DIR}/{IF_US}.sock")
     assert IF_US not in run("ip", "-n", NS_US, "link", "show").stdout
-    log = (lab.tmp / "dataplane.log").read_text()
+    log = lab.us_log.read_text()
     assert "signal SIGTERM" in log and "Traceback" not in log and "failed" not in log
 
 
 def iperf(server_ns: str, client_ns: str, target: str, seconds: int) -> dict:
-    server = subprocess.Popen(
-        ["ip", "netns", "exec", server_ns, "iperf3", "-s", "-1", "-B", target],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = popen_in(server_ns, "iperf3", "-s", "-1", "-B", target, stdout=subprocess.DEVNULL,
+                      stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         time.sleep(0.3)
         r = in_ns(client_ns, "iperf3", "-c", target, "-t", str(seconds), "-J",
@@ -415,60 +341,41 @@ def iperf(server_ns: str, client_ns: str, target: str, seconds: int) -> dict:
 
 def test_both_ends_ours(tmp_path):
     """Two `dataplane up` instances in two namespaces carry ping (v4, v6) and iperf3."""
-    if os.geteuid() != 0:
-        skip_or_fail("end-to-end interface test needs root")
-    for tool in ("ip", "iperf3"):
-        if shutil.which(tool) is None:
-            skip_or_fail(f"{tool} is not installed")
+    require("end-to-end interface test", "ip", "iperf3")
     ns = (f"dpe2a{TAG}", f"dpe2b{TAG}")
     names = (f"dpa{TAG}", f"dpb{TAG}")
     keys = (PrivateKey.generate(), PrivateKey.generate())
     procs: list[subprocess.Popen] = []
-    log = open(tmp_path / "ours.log", "w")
-    try:
-        for n in ns:
-            run("ip", "netns", "del", n, check=False)
-            run("ip", "netns", "add", n)
-            run("ip", "-n", n, "link", "set", "lo", "up")
-        run("ip", "-n", ns[0], "link", "add", "veth0", "type", "veth",
-            "peer", "name", "veth1", "netns", ns[1])  # fmt: skip
-        for i, n in enumerate(ns):
-            run("ip", "-n", n, "addr", "add", f"10.98.0.{i + 1}/24", "dev", f"veth{i}")
-            run("ip", "-n", n, "link", "set", f"veth{i}", "up")
-        for i, n in enumerate(ns):
-            other = 1 - i
-            conf = tmp_path / f"{names[i]}.conf"
-            conf.write_text(
-                f"[Interface]\nPrivateKey = {keys[i].to_base64()}\nListenPort = {51820 + i}\n"
-                f"Address = 10.99.0.{i + 1}/24, fd99::{i + 1}/64\nMTU = {MTU}\n"
-                f"[Peer]\nPublicKey = {keys[other].public_key.to_base64()}\n"
-                f"AllowedIPs = 10.99.0.{other + 1}/32, fd99::{other + 1}/128\n"
-                f"Endpoint = 10.98.0.{other + 1}:{51820 + other}\n"
-            )
-            procs.append(
-                subprocess.Popen(
-                    ["ip", "netns", "exec", n, sys.executable, "-m", "dataplane", "up", str(conf)],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=dict(os.environ, PYTHONPATH=str(REPO)),
+    with open(tmp_path / "ours.log", "w") as log, Namespaces(*ns):
+        try:
+            veth(ns[0], ns[1], "10.98.0.1/24", "10.98.0.2/24")
+            for i, n in enumerate(ns):
+                other = 1 - i
+                conf = tmp_path / f"{names[i]}.conf"
+                conf.write_text(
+                    f"[Interface]\nPrivateKey = {keys[i].to_base64()}\nListenPort = {51820 + i}\n"
+                    f"Address = 10.99.0.{i + 1}/24, fd99::{i + 1}/64\nMTU = {MTU}\n"
+                    f"[Peer]\nPublicKey = {keys[other].public_key.to_base64()}\n"
+                    f"AllowedIPs = 10.99.0.{other + 1}/32, fd99::{other + 1}/128\n"
+                    f"Endpoint = 10.98.0.{other + 1}:{51820 + other}\n"
+                )
+                procs.append(
+                    popen_in(n, sys.executable, "-m", "dataplane", "up", str(conf), stdout=log,
+                             stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=str(REPO)))
                 )  # fmt: skip
-            )
-            sock = f"{SOCK_DIR}/{names[i]}.sock"
-            wait_for(lambda p=sock: os.path.exists(p), 15, "dataplane up", procs[-1])
-        for src, dst in ((0, "10.99.0.2"), (1, "10.99.0.1"), (0, "fd99::2"), (1, "fd99::1")):
-            r = run(*ping_cmd(ns[src], dst), check=False)
-            assert r.returncode == 0, r.stdout + (tmp_path / "ours.log").read_text()
-        got = iperf(ns[1], ns[0], "10.99.0.2", IPERF_SECONDS)
-        assert got["bytes"] > 1_000_000
-        print(f"\niperf3 TCP dataplane -> dataplane: {got['bits_per_second'] / 1e9:.3f} Gb/s")
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            assert p.wait(10) == 0
-        assert "Traceback" not in (tmp_path / "ours.log").read_text()
-    finally:
-        for p in procs:
-            stop(p)
-        for n in ns:
-            run("ip", "netns", "del", n, check=False)
-        log.close()
+                sock = f"{SOCK_DIR}/{names[i]}.sock"
+                wait_for(lambda p=sock: os.path.exists(p), 15, "dataplane up", procs[-1])
+            for src, dst in ((0, "10.99.0.2"), (1, "10.99.0.1"), (0, "fd99::2"), (1, "fd99::1")):
+                r = run(*ping_cmd(ns[src], dst), check=False)
+                assert r.returncode == 0, r.stdout + (tmp_path / "ours.log").read_text()
+            got = iperf(ns[1], ns[0], "10.99.0.2", IPERF_SECONDS)
+            assert got["bytes"] > 1_000_000
+            print(f"\niperf3 TCP dataplane -> dataplane: {got['bits_per_second'] / 1e9:.3f} Gb/s")
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                assert p.wait(10) == 0
+            assert "Traceback" not in (tmp_path / "ours.log").read_text()
+        finally:
+            for p in procs:
+                stop(p)

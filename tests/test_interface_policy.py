@@ -23,8 +23,8 @@ from ipaddress import ip_interface, ip_network
 from pathlib import Path
 
 import pytest
-from conftest import skip_or_fail
 from icmp_ping import ping_cmd
+from netns import REPO, TAG, Namespaces, in_ns, ip, require, run, stop, veth, wait_for
 
 from dataplane.transport.tun import TunError
 from dataplane.wgquick import (
@@ -41,8 +41,6 @@ from dataplane.wgquick import (
 )
 from dataplane.wireguard.keys import PrivateKey
 
-REPO = Path(__file__).resolve().parent.parent
-TAG = os.getpid() % 100000
 _serial = itertools.count()
 
 # -- without root: planning, commands, hooks, DNS text ---------------------------------------
@@ -245,32 +243,6 @@ def test_dns_without_resolvconf_warns_and_comes_up(tmp_path, monkeypatch, caplog
 # -- as root, in network namespaces ----------------------------------------------------------
 
 
-def run(*cmd: str, check: bool = True, timeout: float = 20, env=None):
-    return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=timeout,
-                          cwd=REPO, env=env)  # fmt: skip
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
-
-
-def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None):
-    end = time.monotonic() + timeout
-    while not predicate():
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"{what}: `dataplane up` exited with {proc.returncode}")
-        if time.monotonic() > end:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        time.sleep(0.05)
-
-
 FAKE_RESOLVCONF = """#!/bin/sh
 # Test stand-in: record the arguments and, for -a, the text on stdin.
 echo "ARGS $*" >> {log}
@@ -285,7 +257,7 @@ class Lab:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.sockdir = tempfile.mkdtemp(prefix="dpp")  # AF_UNIX paths are short
-        self.namespaces: list[str] = []
+        self.namespaces = Namespaces()
         self.procs: list[subprocess.Popen] = []
         self.logs: list[Path] = []
         bindir = tmp / "bin"
@@ -298,12 +270,7 @@ class Lab:
                         PATH=f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")  # fmt: skip
 
     def ns(self) -> str:
-        name = f"dppol{TAG}n{next(_serial)}"
-        run("ip", "netns", "del", name, check=False)  # left over by a killed run
-        run("ip", "netns", "add", name)
-        self.namespaces.append(name)
-        run("ip", "-n", name, "link", "set", "lo", "up")
-        return name
+        return self.namespaces.add(f"dppol{TAG}n{next(_serial)}")
 
     def name(self) -> str:
         return f"dpp{TAG}{next(_serial)}"[:15]
@@ -350,20 +317,14 @@ class Lab:
 
     def close(self) -> None:
         for proc in self.procs:
-            stop(proc)
-        for ns in self.namespaces:
-            run("ip", "netns", "del", ns, check=False)
+            stop(proc, timeout=10)
+        self.namespaces.close()
         shutil.rmtree(self.sockdir, ignore_errors=True)
 
 
 @pytest.fixture
 def lab(tmp_path):
-    if os.geteuid() != 0:
-        skip_or_fail("policy routing tests need root (network namespaces, TUN, ip rule)")
-    if not os.path.exists("/dev/net/tun"):
-        skip_or_fail("/dev/net/tun is missing")
-    if shutil.which("ip") is None:
-        skip_or_fail("ip (iproute2) is not installed")
+    require("policy routing tests (network namespaces, TUN, ip rule)", "ip")
     lab = Lab(tmp_path)
     try:
         yield lab
@@ -375,12 +336,12 @@ def lab(tmp_path):
 
 
 def ip_out(ns: str, *args: str) -> str:
-    return run("ip", "-n", ns, *args).stdout
+    return ip(ns, *args).stdout
 
 
 def table_routes(ns: str, version: int, table: str) -> str:
     """The routes of a table; "" for one the kernel never created (``ip`` fails then)."""
-    r = run("ip", "-n", ns, f"-{version}", "route", "show", "table", table, check=False)
+    r = ip(ns, f"-{version}", "route", "show", "table", table, check=False)
     assert r.returncode == 0 or "does not exist" in r.stderr, r.stderr
     return r.stdout.strip()
 
@@ -390,7 +351,7 @@ def rules(ns: str, version: int) -> list[str]:
 
 
 def link_exists(ns: str, name: str) -> bool:
-    return run("ip", "-n", ns, "link", "show", "dev", name, check=False).returncode == 0
+    return ip(ns, "link", "show", "dev", name, check=False).returncode == 0
 
 
 def conf_text(*, address="10.77.0.2/24, fd77::2/64", allowed="0.0.0.0/0, ::/0",
@@ -434,7 +395,7 @@ def test_default_route_policy_routing_hooks_and_dns_come_and_go(lab):
     assert ip_out(ns, "-6", "route", "show", "table", str(table)).split()[:3] == [
         "default", "dev", name]  # fmt: skip
     assert f"10.60.0.0/16 dev {name}" in ip_out(ns, "-4", "route", "show")
-    src_valid = run("ip", "netns", "exec", ns, "cat", "/proc/sys/net/ipv4/conf/all/src_valid_mark")
+    src_valid = in_ns(ns, "cat", "/proc/sys/net/ipv4/conf/all/src_valid_mark")
     assert src_valid.stdout.strip() == "1"
     assert f"fwmark: {mark}" in lab.show(ns, name)  # as `wg show` would report it
     rname = resolvconf_name(name, resolvconf=shutil.which("resolvconf", path=lab.env["PATH"]))
@@ -533,14 +494,9 @@ def test_marked_underlay_skips_the_tunnel_that_carries_the_default_route(lab):
     because our UDP socket carries the fwmark that the policy rule exempts."""
     a, b = lab.ns(), lab.ns()
     name_a, name_b = lab.name(), lab.name()
-    run("ip", "-n", a, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1",
-        "netns", b)  # fmt: skip
-    run("ip", "-n", a, "addr", "add", "10.98.0.2/24", "dev", "veth0")
-    run("ip", "-n", b, "addr", "add", "10.98.0.1/24", "dev", "veth1")
-    run("ip", "-n", b, "addr", "add", "10.97.0.1/32", "dev", "lo")  # B's public address
-    run("ip", "-n", a, "link", "set", "veth0", "up")
-    run("ip", "-n", b, "link", "set", "veth1", "up")
-    run("ip", "-n", a, "route", "add", "default", "via", "10.98.0.1")
+    veth(a, b, "10.98.0.2/24", "10.98.0.1/24")
+    ip(b, "addr", "add", "10.97.0.1/32", "dev", "lo")  # B's public address
+    ip(a, "route", "add", "default", "via", "10.98.0.1")
     key_a, key_b = PrivateKey.generate(), PrivateKey.generate()
     conf_b = lab.write_conf(name_b, conf_text(
         key=key_b, peer_key=key_a.public_key, address="10.77.0.1/24", allowed="10.77.0.2/32",
@@ -560,7 +516,7 @@ def test_marked_underlay_skips_the_tunnel_that_carries_the_default_route(lab):
     assert "via 10.98.0.1 dev veth0" in ip_out(a, "route", "get", "10.97.0.1", "mark", "51820")
     r = run(*ping_cmd(a, "10.97.0.1", 3), check=False)
     assert r.returncode == 0, r.stdout + r.stderr + lab.log_text()
-    stats = run("ip", "-n", a, "-s", "link", "show", "dev", name_a).stdout.split("\n")
+    stats = ip(a, "-s", "link", "show", "dev", name_a).stdout.split("\n")
     rx_packets = int(stats[stats.index(next(s for s in stats if "RX:" in s)) + 1].split()[1])
     assert rx_packets >= 3  # the echo replies came back through our TUN
     lab.down(a, name_a, proc_a)

@@ -16,17 +16,14 @@ sends to our overlay address reach our overlay socket. Everything with a pre-sha
 
 from __future__ import annotations
 
-import os
 import select
-import shutil
-import signal
 import subprocess
 import sys
 import time
 
 import pytest
 from _node_proc import NodeProcess
-from conftest import skip_or_fail
+from netns import TAG, Namespaces, WireguardGo, in_ns, lab_up, popen_in, require, stop, veth
 
 from dataplane.wireguard.keys import PresharedKey, PrivateKey
 
@@ -63,69 +60,35 @@ for i in range(n):
 """
 
 
-def run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=30)
-
-
 class Lab:
     def __init__(self, tmp_path) -> None:
-        tag = os.getpid() % 100000
-        self.ns_wg, self.ns_us, self.ifname = f"dpow{tag}", f"dpou{tag}", f"dpow{tag}"
+        self.ns_wg, self.ns_us, self.ifname = f"dpow{TAG}", f"dpou{TAG}", f"dpow{TAG}"
         self.tmp = tmp_path
         self.wg_key, self.our_key = PrivateKey.generate(), PrivateKey.generate()
         self.psk = PresharedKey.generate()
-        self.wg: subprocess.Popen | None = None
+        self.namespaces = Namespaces()
+        self.wg = WireguardGo(self.ns_wg, self.ifname, tmp_path)
         self.echo: subprocess.Popen | None = None
         self.node: NodeProcess | None = None
-        self._log = open(tmp_path / "wireguard-go.log", "w")
 
     def up(self) -> None:
-        for ns in (self.ns_wg, self.ns_us):
-            run("ip", "netns", "del", ns, check=False)  # left over by a killed run
-            run("ip", "netns", "add", ns)
-            run("ip", "-n", ns, "link", "set", "lo", "up")
-        run("ip", "-n", self.ns_wg, "link", "add", "veth0", "type", "veth",
-            "peer", "name", "veth1", "netns", self.ns_us)  # fmt: skip
-        run("ip", "-n", self.ns_wg, "addr", "add", f"{WG_UNDERLAY[0]}/24", "dev", "veth0")
-        run("ip", "-n", self.ns_us, "addr", "add", f"{US_UNDERLAY[0]}/24", "dev", "veth1")
-        run("ip", "-n", self.ns_wg, "link", "set", "veth0", "up")
-        run("ip", "-n", self.ns_us, "link", "set", "veth1", "up")
-        env = dict(os.environ, WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD="1")
-        self.wg = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns_wg, "wireguard-go", "-f", self.ifname],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=env,
+        self.namespaces.add(self.ns_wg)
+        self.namespaces.add(self.ns_us)
+        veth(self.ns_wg, self.ns_us, f"{WG_UNDERLAY[0]}/24", f"{US_UNDERLAY[0]}/24")
+        self.wg.start()
+        self.wg.configure(
+            self.wg_key,
+            WG_UNDERLAY[1],
+            self.our_key.public_key,
+            psk=self.psk,
+            allowed_ips=[f"{US4}/32", f"{US6}/128"],
+            endpoint=US_UNDERLAY,
         )
-        sock_path = f"/var/run/wireguard/{self.ifname}.sock"
-        for _ in range(100):
-            if os.path.exists(sock_path):
-                break
-            if self.wg.poll() is not None:
-                raise RuntimeError(f"wireguard-go exited: {self.wg.returncode}")
-            time.sleep(0.05)
-        else:
-            raise RuntimeError("wireguard-go did not create its UAPI socket")
-        key_file, psk_file = self.tmp / "wg.key", self.tmp / "psk"
-        key_file.write_text(self.wg_key.to_base64() + "\n")
-        psk_file.write_text(self.psk.to_base64() + "\n")
-        os.chmod(key_file, 0o600)
-        os.chmod(psk_file, 0o600)
-        run("ip", "netns", "exec", self.ns_wg, "wg", "set", self.ifname,
-            "private-key", str(key_file), "listen-port", str(WG_UNDERLAY[1]),
-            "peer", self.our_key.public_key.to_base64(), "preshared-key", str(psk_file),
-            "allowed-ips", f"{US4}/32,{US6}/128",
-            "endpoint", f"{US_UNDERLAY[0]}:{US_UNDERLAY[1]}")  # fmt: skip
-        run("ip", "-n", self.ns_wg, "addr", "add", f"{WG4}/24", "dev", self.ifname)
-        run("ip", "-n", self.ns_wg, "addr", "add", f"{WG6}/64", "dev", self.ifname, "nodad")
-        run("ip", "-n", self.ns_wg, "link", "set", self.ifname, "mtu", "1420", "up")
+        self.wg.up(f"{WG4}/24", f"{WG6}/64")
 
-        self.echo = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns_wg, sys.executable, "-c", ECHO_SERVER,
-             str(ECHO), "120"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
+        self.echo = popen_in(
+            self.ns_wg, sys.executable, "-c", ECHO_SERVER, str(ECHO), "120",
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )  # fmt: skip
         assert self.echo.stdout is not None
         if not select.select([self.echo.stdout], [], [], 20)[0]:
@@ -153,52 +116,31 @@ class Lab:
         )  # fmt: skip
 
     def send_from_kernel(self, host: str, n: int) -> None:
-        run(
-            "ip", "netns", "exec", self.ns_wg, sys.executable, "-c", SENDER, host, str(SINK), str(n)
-        )
+        in_ns(self.ns_wg, sys.executable, "-c", SENDER, host, str(SINK), str(n))
 
     def dump(self) -> list[list[str]]:
-        out = run("ip", "netns", "exec", self.ns_wg, "wg", "show", self.ifname, "dump").stdout
-        return [line.split("\t") for line in out.splitlines()]
+        return self.wg.dump()
 
     def close(self) -> None:
         if self.node is not None:
             self.node.close()
-        for p in (self.echo, self.wg):
-            if p is not None and p.poll() is None:
-                os.kill(p.pid, signal.SIGTERM)
-                try:
-                    p.wait(5)
-                except subprocess.TimeoutExpired:
-                    os.kill(p.pid, signal.SIGKILL)
-                    p.wait(5)
+        stop(self.echo)
         if self.echo is not None and self.echo.stdout is not None:
             self.echo.stdout.close()
-        for ns in (self.ns_wg, self.ns_us):
-            run("ip", "netns", "del", ns, check=False)
-        self._log.close()
+        self.wg.stop()
+        self.namespaces.close()
 
     def diagnose(self) -> str:
-        log = (self.tmp / "wireguard-go.log").read_text(errors="replace")[-2000:]
+        log = self.wg.log_text(2000)
         node = self.node.log() if self.node is not None else ""
         return f"wireguard-go log: {log}\nnode {node}"
 
 
 @pytest.fixture
 def lab(tmp_path):
-    if os.geteuid() != 0:
-        skip_or_fail("interop needs root (network namespaces, TUN)")
-    for tool in ("wireguard-go", "wg", "ip"):
-        if shutil.which(tool) is None:
-            skip_or_fail(f"interop needs {tool} (apt-get install wireguard-go wireguard-tools)")
-    if not os.path.exists("/dev/net/tun"):
-        skip_or_fail("interop needs /dev/net/tun")
-    lab = Lab(tmp_path)
-    try:
-        lab.up()
+    require("interop", "ip", "wg", "wireguard-go")
+    with lab_up(Lab(tmp_path)) as lab:
         yield lab
-    finally:
-        lab.close()
 
 
 def test_overlay_socket_round_trips_with_wireguard_go(lab):

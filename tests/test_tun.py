@@ -8,20 +8,14 @@ its ``ping`` sends echo requests that our transport reads and a tiny echo core a
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import ipaddress
-import os
-import shutil
-import struct
-import subprocess
 import sys
 import threading
 import time
 
 import pytest
-from conftest import skip_or_fail
-from icmp_ping import ping_cmd
+from icmp_ping import echo_packet as echo
+from icmp_ping import parse_echo, ping_cmd
+from netns import TAG, inside, namespace, require, run
 
 from dataplane._batch import DropReason, PacketBatch
 from dataplane.driver import ThreadedDataPlane
@@ -30,96 +24,16 @@ from dataplane.transport.tun import TunDevice, TunError, TunTransport
 
 pytestmark = pytest.mark.privileged
 
-CLONE_NEWNET = 0x40000000
-NS = f"dptun{os.getpid() % 100000}"
+NS = f"dptun{TAG}"
 LOCAL4, PEER4 = "10.97.0.1", "10.97.0.2"
 LOCAL6, PEER6 = "fd97::1", "fd97::2"
 
 
-def run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=20)
-
-
 @pytest.fixture(scope="module")
 def netns():
-    if os.geteuid() != 0:
-        skip_or_fail("TUN tests need root")
-    if not os.path.exists("/dev/net/tun"):
-        skip_or_fail("/dev/net/tun is missing")
-    if shutil.which("ip") is None:
-        skip_or_fail("iproute2 `ip` is missing")
-    run("ip", "netns", "del", NS, check=False)
-    run("ip", "netns", "add", NS)
-    try:
-        run("ip", "-n", NS, "link", "set", "lo", "up")
-        yield NS
-    finally:
-        run("ip", "netns", "del", NS, check=False)
-
-
-@contextlib.contextmanager
-def inside(ns: str):
-    """Run the block with this thread in namespace ``ns`` (children inherit it)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    own = os.open("/proc/self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-    try:
-        if libc.setns(target, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "setns failed")
-        try:
-            yield
-        finally:
-            if libc.setns(own, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns back failed")
-    finally:
-        os.close(own)
-        os.close(target)
-
-
-def _csum(b: bytes) -> int:
-    if len(b) % 2:
-        b += b"\0"
-    t = sum(struct.unpack(f"!{len(b) // 2}H", b))
-    while t >> 16:
-        t = (t & 0xFFFF) + (t >> 16)
-    return ~t & 0xFFFF
-
-
-def echo(
-    src: str,
-    dst: str,
-    seq: int,
-    data: bytes = b"tun-test",
-    reply: bool = False,
-    ident: int = 0x4242,
-) -> bytes:
-    s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)
-    if s.version == 4:
-        icmp = struct.pack("!BBHHH", 0 if reply else 8, 0, 0, ident, seq) + data
-        icmp = icmp[:2] + struct.pack("!H", _csum(icmp)) + icmp[4:]
-        hdr = struct.pack(
-            "!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), 0, 0x4000, 64, 1, 0, s.packed, d.packed
-        )
-        return hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:] + icmp
-    icmp = struct.pack("!BBHHH", 129 if reply else 128, 0, 0, ident, seq) + data
-    pseudo = s.packed + d.packed + struct.pack("!I3xB", len(icmp), 58)
-    icmp = icmp[:2] + struct.pack("!H", _csum(pseudo + icmp)) + icmp[4:]
-    return struct.pack("!IHBB16s16s", 0x60000000, len(icmp), 58, 64, s.packed, d.packed) + icmp
-
-
-def parse_echo(pkt: bytes):
-    """(src, dst, type, seq, data, ident) of an ICMP/ICMPv6 echo packet, else None."""
-    if len(pkt) >= 28 and pkt[0] >> 4 == 4 and pkt[9] == 1:
-        ihl = (pkt[0] & 15) * 4
-        icmp = pkt[ihl : struct.unpack("!H", pkt[2:4])[0]]
-        src, dst = ipaddress.ip_address(pkt[12:16]), ipaddress.ip_address(pkt[16:20])
-    elif len(pkt) >= 48 and pkt[0] >> 4 == 6 and pkt[6] == 58:
-        icmp = pkt[40 : 40 + struct.unpack("!H", pkt[4:6])[0]]
-        src, dst = ipaddress.ip_address(pkt[8:24]), ipaddress.ip_address(pkt[24:40])
-    else:
-        return None
-    ty, _, _, ident, seq = struct.unpack("!BBHHH", icmp[:8])
-    return str(src), str(dst), ty, seq, icmp[8:], ident
+    require("TUN tests", "ip")
+    with namespace(NS) as ns:
+        yield ns
 
 
 def make_device(ns: str, name: str, **kw) -> TunDevice:
@@ -146,7 +60,7 @@ def read_replies(dev: TunDevice, want: int, deadline: float = 5.0) -> tuple[list
             per_read.append(len(batch))
         for pkt in batch.packets():
             e = parse_echo(pkt)
-            if e is not None and e[2] in (0, 129):
+            if e is not None and e.type in (0, 129):
                 got.append(pkt)
     return got, per_read
 
@@ -164,10 +78,10 @@ def test_kernel_answers_echoes_written_in_a_batch(netns):
         batch.set_status(3, DropReason.NO_ROUTE)  # a dropped slot is never written
         assert dev.write_batch(batch) == 2 * n - 1
         replies, per_read = read_replies(dev, 2 * n - 1)
-        seen = {(parse_echo(p)[0], parse_echo(p)[3]) for p in replies}
+        seen = {(parse_echo(p).src, parse_echo(p).seq) for p in replies}
         assert seen == {(LOCAL4, s) for s in range(n) if s != 3} | {(LOCAL6, s) for s in range(n)}
         for p in replies:
-            src, dst, _, seq, data, _ = parse_echo(p)
+            src, dst, _, _, seq, data = parse_echo(p)
             assert dst == (PEER4 if src == LOCAL4 else PEER6)
             assert data == (b"v4-%d" if src == LOCAL4 else b"v6-%d") % seq
         # The kernel answered a whole burst before we read: several packets per wake-up.
@@ -204,7 +118,7 @@ def test_bad_packets_are_counted_not_raised(netns):
         # or refuses with EINVAL; either way no exception and the good packet goes out.
         dev.write_batch(batch)
         replies, _ = read_replies(dev, 1)
-        assert [parse_echo(p)[3] for p in replies] == [7]
+        assert [parse_echo(p).seq for p in replies] == [7]
     finally:
         dev.close()
 
@@ -223,9 +137,9 @@ class EchoCore:
         answers = []
         for pkt in batch.packets():
             e = parse_echo(pkt)
-            if e is not None and e[2] in (8, 128):
+            if e is not None and e.type in (8, 128):
                 self.requests += 1
-                answers.append(echo(e[1], e[0], e[3], e[4], reply=True, ident=e[5]))
+                answers.append(echo(e.dst, e.src, e.seq, e.data, reply=True, ident=e.ident))
         if answers:
             out.deliver(overlay_id, PacketBatch.from_packets(answers))
         return out
@@ -310,7 +224,7 @@ def test_attaches_to_a_persistent_tun_and_leaves_it(netns):
                 dev.set_up()
             dev.write_batch(PacketBatch.from_packets([echo(PEER4, LOCAL4, 9)]))
             replies, _ = read_replies(dev, 1)
-            assert [parse_echo(p)[3] for p in replies] == [9]
+            assert [parse_echo(p).seq for p in replies] == [9]
         finally:
             dev.close()
         # Closing detaches; a persistent interface outlives us, as `ip tuntap` made it.

@@ -16,19 +16,14 @@ over IPv4 and IPv6 inner addresses, with a pre-shared key.
 
 from __future__ import annotations
 
-import ctypes
-import ipaddress
-import os
 import select
-import shutil
 import socket
-import struct
 import subprocess
-import sys
 import time
 
 import pytest
-from conftest import skip_or_fail
+from icmp_ping import echo_packet, parse_echo, ping_cmd
+from netns import TAG, Namespaces, WireguardGo, inside, lab_up, require, veth
 
 from dataplane._batch import PacketBatch
 from dataplane.wireguard.device import Device
@@ -40,238 +35,43 @@ WG_ADDR4, US_ADDR4 = "10.99.0.1", "10.99.0.2"
 WG_ADDR6, US_ADDR6 = "fd99::1", "fd99::2"
 WG_UNDERLAY = ("10.98.0.1", 51820)
 US_UNDERLAY = ("10.98.0.2", 51821)
-CLONE_NEWNET = 0x40000000
-
-PINGER = r"""
-import os, select, socket, struct, sys, time
-family, target, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
-interval = float(sys.argv[4]) if len(sys.argv) > 4 else 0.2
-v6 = family == "6"
-s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_RAW,
-                  socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP)
-ident = os.getpid() & 0xFFFF
-def csum(b):
-    if len(b) % 2: b += b"\0"
-    t = sum(struct.unpack("!%dH" % (len(b) // 2), b))
-    while t >> 16: t = (t & 0xFFFF) + (t >> 16)
-    return ~t & 0xFFFF
-ok = 0
-for seq in range(count):
-    body = struct.pack("!BBHHH", 128 if v6 else 8, 0, 0, ident, seq) + b"interop-%d" % seq
-    if not v6:
-        body = body[:2] + struct.pack("!H", csum(body)) + body[4:]
-    s.sendto(body, (target, 0))
-    end = time.monotonic() + 3
-    while time.monotonic() < end:
-        if not select.select([s], [], [], end - time.monotonic())[0]: break
-        data, _ = s.recvfrom(2048)
-        icmp = data if v6 else data[(data[0] & 15) * 4:]
-        if icmp[0] == (129 if v6 else 0) and struct.unpack("!HH", icmp[4:8]) == (ident, seq):
-            ok += 1
-            break
-    time.sleep(interval)
-print(ok)
-sys.exit(0 if ok == count else 1)
-"""
-
-
-def _csum(b: bytes) -> int:
-    if len(b) % 2:
-        b += b"\0"
-    t = sum(struct.unpack(f"!{len(b) // 2}H", b))
-    while t >> 16:
-        t = (t & 0xFFFF) + (t >> 16)
-    return ~t & 0xFFFF
-
-
-def icmp_echo(src: str, dst: str, ident: int, seq: int, data: bytes, reply: bool = False) -> bytes:
-    s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)
-    if s.version == 4:
-        icmp = struct.pack("!BBHHH", 0 if reply else 8, 0, 0, ident, seq) + data
-        icmp = icmp[:2] + struct.pack("!H", _csum(icmp)) + icmp[4:]
-        hdr = struct.pack(
-            "!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), 0, 0x4000, 64, 1, 0, s.packed, d.packed
-        )
-        return hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:] + icmp
-    icmp = struct.pack("!BBHHH", 129 if reply else 128, 0, 0, ident, seq) + data
-    pseudo = s.packed + d.packed + struct.pack("!I3xB", len(icmp), 58)
-    icmp = icmp[:2] + struct.pack("!H", _csum(pseudo + icmp)) + icmp[4:]
-    return struct.pack("!IHBB16s16s", 0x60000000, len(icmp), 58, 64, s.packed, d.packed) + icmp
-
-
-def parse_icmp(pkt: bytes):
-    """(src, dst, type, ident, seq, data) of an ICMP/ICMPv6 echo packet, else None."""
-    if len(pkt) >= 28 and pkt[0] >> 4 == 4 and pkt[9] == 1:
-        ihl = (pkt[0] & 15) * 4
-        total = struct.unpack("!H", pkt[2:4])[0]
-        icmp = pkt[ihl:total]
-        src, dst = str(ipaddress.ip_address(pkt[12:16])), str(ipaddress.ip_address(pkt[16:20]))
-    elif len(pkt) >= 48 and pkt[0] >> 4 == 6 and pkt[6] == 58:
-        plen = struct.unpack("!H", pkt[4:6])[0]
-        icmp = pkt[40 : 40 + plen]
-        src, dst = str(ipaddress.ip_address(pkt[8:24])), str(ipaddress.ip_address(pkt[24:40]))
-    else:
-        return None
-    ty, _, _, ident, seq = struct.unpack("!BBHHH", icmp[:8])
-    return src, dst, ty, ident, seq, icmp[8:]
-
-
-def run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=30)
 
 
 class Lab:
     """Namespaces, veth, wireguard-go and our socket; ``close`` removes all of it."""
 
     def __init__(self, tmp_path) -> None:
-        tag = os.getpid() % 100000
-        self.ns_wg, self.ns_us, self.ifname = f"dpwg{tag}", f"dpus{tag}", f"dpwg{tag}"
-        self.tmp = tmp_path
-        self.proc: subprocess.Popen | None = None
+        self.ns_wg, self.ns_us, self.ifname = f"dpwg{TAG}", f"dpus{TAG}", f"dpwg{TAG}"
+        self.namespaces = Namespaces()
+        self.wg = WireguardGo(self.ns_wg, self.ifname, tmp_path, verbose=True)
         self.sock: socket.socket | None = None
         self.wg_key = PrivateKey.generate()
         self.psk = PresharedKey.generate()
-        self._log = open(tmp_path / "wireguard-go.log", "w")
 
     def up(self) -> None:
-        for ns in (self.ns_wg, self.ns_us):
-            run("ip", "netns", "del", ns, check=False)  # left over by a killed run (pid reuse)
-            run("ip", "netns", "add", ns)
-            run("ip", "-n", ns, "link", "set", "lo", "up")
-        run(
-            "ip",
-            "-n",
-            self.ns_wg,
-            "link",
-            "add",
-            "veth0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "veth1",
-            "netns",
-            self.ns_us,
-        )
-        run("ip", "-n", self.ns_wg, "addr", "add", "10.98.0.1/24", "dev", "veth0")
-        run("ip", "-n", self.ns_us, "addr", "add", "10.98.0.2/24", "dev", "veth1")
-        run("ip", "-n", self.ns_wg, "link", "set", "veth0", "up")
-        run("ip", "-n", self.ns_us, "link", "set", "veth1", "up")
-        env = dict(
-            os.environ, WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD="1", LOG_LEVEL="verbose"
-        )
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns_wg, "wireguard-go", "-f", self.ifname],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        sock_path = f"/var/run/wireguard/{self.ifname}.sock"
-        for _ in range(100):
-            if os.path.exists(sock_path):
-                break
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"wireguard-go exited: {self.proc.returncode}")
-            time.sleep(0.05)
-        else:
-            raise RuntimeError("wireguard-go did not create its UAPI socket")
-        key_file = self.tmp / "wg.key"
-        key_file.write_text(self.wg_key.to_base64() + "\n")
-        os.chmod(key_file, 0o600)
-        run(
-            "ip",
-            "netns",
-            "exec",
-            self.ns_wg,
-            "wg",
-            "set",
-            self.ifname,
-            "private-key",
-            str(key_file),
-            "listen-port",
-            str(WG_UNDERLAY[1]),
-        )
-        run("ip", "-n", self.ns_wg, "addr", "add", "10.99.0.1/24", "dev", self.ifname)
-        run("ip", "-n", self.ns_wg, "addr", "add", "fd99::1/64", "dev", self.ifname, "nodad")
-        run("ip", "-n", self.ns_wg, "link", "set", self.ifname, "mtu", "1420", "up")
-        self.sock = self._socket_in(self.ns_us)
+        self.namespaces.add(self.ns_wg)
+        self.namespaces.add(self.ns_us)
+        veth(self.ns_wg, self.ns_us, f"{WG_UNDERLAY[0]}/24", f"{US_UNDERLAY[0]}/24")
+        self.wg.start()
+        self.wg.configure(self.wg_key, WG_UNDERLAY[1])
+        self.wg.up(f"{WG_ADDR4}/24", f"{WG_ADDR6}/64")
+        with inside(self.ns_us):  # the socket stays in that namespace
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.sock.bind(US_UNDERLAY)
+            self.sock.setblocking(False)
 
     def set_peer(self, pub: PublicKey) -> None:
-        psk_file = self.tmp / "psk"
-        psk_file.write_text(self.psk.to_base64() + "\n")
-        os.chmod(psk_file, 0o600)
-        run(
-            "ip",
-            "netns",
-            "exec",
-            self.ns_wg,
-            "wg",
-            "set",
-            self.ifname,
-            "peer",
-            pub.to_base64(),
-            "preshared-key",
-            str(psk_file),
-            "allowed-ips",
-            "10.99.0.2/32,fd99::2/128",
-            "endpoint",
-            f"{US_UNDERLAY[0]}:{US_UNDERLAY[1]}",
-        )
+        self.wg.set_peer(pub, self.psk, [f"{US_ADDR4}/32", f"{US_ADDR6}/128"], US_UNDERLAY)
 
     def remove_peer(self, pub: PublicKey) -> None:
-        run(
-            "ip",
-            "netns",
-            "exec",
-            self.ns_wg,
-            "wg",
-            "set",
-            self.ifname,
-            "peer",
-            pub.to_base64(),
-            "remove",
-        )
+        self.wg.remove_peer(pub)
 
     def dump(self) -> list[list[str]]:
-        out = run("ip", "netns", "exec", self.ns_wg, "wg", "show", self.ifname, "dump").stdout
-        return [line.split("\t") for line in out.splitlines()]
+        return self.wg.dump()
 
-    def _socket_in(self, ns: str) -> socket.socket:
-        libc = ctypes.CDLL(None, use_errno=True)
-        own = os.open("/proc/self/ns/net", os.O_RDONLY)
-        target = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-        try:
-            if libc.setns(target, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns into the test namespace failed")
-            try:
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                s.bind(US_UNDERLAY)
-                s.setblocking(False)
-            finally:
-                if libc.setns(own, CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), "setns back failed")
-        finally:
-            os.close(own)
-            os.close(target)
-        return s
-
-    def pinger(
-        self, family: str, target: str, count: int, interval: float = 0.2
-    ) -> subprocess.Popen:
+    def pinger(self, target: str, count: int, interval: float = 0.2) -> subprocess.Popen:
         return subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                self.ns_wg,
-                sys.executable,
-                "-c",
-                PINGER,
-                family,
-                target,
-                str(count),
-                str(interval),
-            ],
+            ping_cmd(self.ns_wg, target, count, interval=interval),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -280,19 +80,11 @@ class Lab:
     def close(self) -> None:
         if self.sock is not None:
             self.sock.close()
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        for ns in (self.ns_wg, self.ns_us):
-            run("ip", "netns", "del", ns, check=False)
-        self._log.close()
+        self.wg.stop()
+        self.namespaces.close()
 
     def log_text(self) -> str:
-        return (self.tmp / "wireguard-go.log").read_text(errors="replace")
+        return self.wg.log_text()
 
 
 class Us:
@@ -345,12 +137,12 @@ class Us:
             answers = []
             for i in batch.alive():
                 assert batch.peer(i) == self.PEER
-                info = parse_icmp(bytes(batch[i]))
+                info = parse_echo(bytes(batch[i]))
                 if info is None:
                     continue
                 src, dst, ty, ident, seq, data = info
                 if ty in (8, 128):  # echo request from wireguard-go's side: answer it
-                    answers.append(icmp_echo(dst, src, ident, seq, data, reply=True))
+                    answers.append(echo_packet(dst, src, seq, data, reply=True, ident=ident))
                 elif ty in (0, 129):
                     self.replies.append(info)
             if answers:
@@ -360,7 +152,7 @@ class Us:
     def ping(self, family: int, seq: int, timeout: float = 10.0) -> bool:
         src, dst = (US_ADDR4, WG_ADDR4) if family == 4 else (US_ADDR6, WG_ADDR6)
         data = b"dataplane-%d" % seq
-        self.send_ip([icmp_echo(src, dst, 0x4242, seq, data)])
+        self.send_ip([echo_packet(src, dst, seq, data, ident=0x4242)])
         want = (dst, src, 0 if family == 4 else 129, 0x4242, seq, data)
         self.pump(timeout, until=lambda: want in self.replies)
         return want in self.replies
@@ -369,7 +161,7 @@ class Us:
         self, family: int, count: int = 2, timeout: float = 20.0, interval: float = 0.2
     ) -> bool:
         target = US_ADDR4 if family == 4 else US_ADDR6
-        proc = self.lab.pinger(str(family), target, count, interval)
+        proc = self.lab.pinger(target, count, interval)
         try:
             self.pump(timeout, until=lambda: proc.poll() is not None)
         finally:
@@ -381,19 +173,9 @@ class Us:
 
 @pytest.fixture
 def lab(tmp_path):
-    if os.geteuid() != 0:
-        skip_or_fail("interop needs root (network namespaces, TUN)")
-    for tool in ("wireguard-go", "wg", "ip"):
-        if shutil.which(tool) is None:
-            skip_or_fail(f"interop needs {tool} (apt-get install wireguard-go wireguard-tools)")
-    if not os.path.exists("/dev/net/tun"):
-        skip_or_fail("interop needs /dev/net/tun")
-    lab = Lab(tmp_path)
-    try:
-        lab.up()
+    require("interop", "ip", "wg", "wireguard-go")
+    with lab_up(Lab(tmp_path)) as lab:
         yield lab
-    finally:
-        lab.close()
 
 
 def _diagnose(lab: Lab, us: Us) -> str:
