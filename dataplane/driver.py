@@ -13,7 +13,8 @@ Theory of operation (the seed's async driver, with threads):
 
 Locks: ``_cond`` (its own lock) guards the input queues and the wake flags; ``_core_lock``
 guards the core and the transport tables. Neither is held while waiting for the other's
-holder to do I/O, and transports never take ``_core_lock``. All queues are bounded and
+holder to do I/O, and transports take ``_core_lock`` only through ``submit``, which never
+waits for it (see "run to completion"). All queues are bounded and
 drop (tail drop) rather than block; every drop is counted. Overlay and underlay inputs are
 served alternately so neither direction starves the other.
 
