@@ -100,3 +100,17 @@ def test_without_gro_the_same_datagrams_arrive(pair):
         assert plain.io.rx_coalesced == 0
     finally:
         plain.close()
+
+
+@pytest.mark.parametrize("bind", ["::1", "::"])
+def test_ipv6_and_dual_stack_sockets_cut_runs_too(bind):
+    rx = UdpSocket((bind, 0))
+    tx = UdpSocket(("::1", 0))
+    try:
+        sent = payloads([1400] * 25)
+        tx.send_batch(PacketBatch.from_packets(sent, mtu=1500), ("::1", rx.address[1]))
+        assert receive_all(rx, len(sent), 10) == sent
+        assert rx.io.gro and rx.io.rx_coalesced >= 1
+    finally:
+        rx.close()
+        tx.close()
