@@ -7,6 +7,7 @@ import json
 import struct
 
 import pytest
+from icmp_ping import checksum
 
 from dataplane._batch import DropReason, PacketBatch
 from dataplane.core import PEER_EXPIRATION, ConfigError, DataPlane
@@ -16,15 +17,6 @@ from dataplane.wireguard.keys import PresharedKey, PrivateKey
 
 EP_A = ("192.0.2.1", 51820)
 EP_B = ("192.0.2.2", 51820)
-
-
-def checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\x00"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
 
 
 def udp_packet(src: str, dst: str, sport: int, dport: int, payload: bytes) -> bytes:

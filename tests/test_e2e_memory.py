@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+from icmp_ping import checksum
 
 from dataplane._batch import PacketBatch
 from dataplane.core import DataPlane
@@ -17,15 +18,6 @@ from dataplane.wireguard.keys import PrivateKey
 
 A4, B4, C4 = "10.1.0.1", "10.1.0.2", "10.1.0.3"
 A6, B6 = "fd01::1", "fd01::2"
-
-
-def checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\x00"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
 
 
 def icmp_echo(src: str, dst: str, ident: int, seq: int, reply: bool = False) -> bytes:

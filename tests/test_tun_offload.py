@@ -14,6 +14,7 @@ import struct
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from icmp_ping import checksum
 
 from dataplane._batch import DropReason, PacketBatch
 from dataplane.transport._tun import split_offloaded
@@ -22,15 +23,6 @@ GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP = 0, 1, 4, 3
 NEEDS_CSUM = 1
 SRC4, DST4 = ipaddress.ip_address("10.1.0.1"), ipaddress.ip_address("10.1.0.2")
 SRC6, DST6 = ipaddress.ip_address("fd00::1"), ipaddress.ip_address("fd00::2")
-
-
-def csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
 
 
 def vnet(flags: int, gso: int, hdr_len: int = 0, gso_size: int = 0, start: int = 0,
@@ -55,7 +47,7 @@ def valid_tcp(pkt: bytes) -> tuple[bool, int, int, bytes]:
     if pkt[0] >> 4 == 4:
         ihl = (pkt[0] & 15) * 4
         assert struct.unpack_from("!H", pkt, 2)[0] == len(pkt)
-        ok = csum(pkt[:ihl]) == 0
+        ok = checksum(pkt[:ihl]) == 0
         pseudo = pkt[12:20] + struct.pack("!BBH", 0, 6, len(pkt) - ihl)
         tcp = pkt[ihl:]
     else:
@@ -63,7 +55,7 @@ def valid_tcp(pkt: bytes) -> tuple[bool, int, int, bytes]:
         ok = True
         pseudo = pkt[8:40] + struct.pack("!IxxxB", len(pkt) - 40, 6)
         tcp = pkt[40:]
-    ok = ok and csum(pseudo + tcp) == 0
+    ok = ok and checksum(pseudo + tcp) == 0
     seq, flags = struct.unpack_from("!I", tcp, 4)[0], tcp[13]
     return ok, seq, flags, tcp[(tcp[12] >> 4) * 4 :]
 
@@ -105,10 +97,10 @@ def test_partial_checksum_is_completed():
             field = 16
         ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 0, 0, 64, proto, 0,
                          SRC4.packed, DST4.packed)  # fmt: skip
-        ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+        ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
         # The kernel leaves the pseudo-header sum (not complemented) in the field.
         pseudo = SRC4.packed + DST4.packed + struct.pack("!BBH", 0, proto, len(l4))
-        partial = ~csum(pseudo) & 0xFFFF
+        partial = ~checksum(pseudo) & 0xFFFF
         l4 = l4[:field] + struct.pack("!H", partial) + l4[field + 2 :]
         batch = PacketBatch(2)
         assert split_offloaded(vnet(NEEDS_CSUM, GSO_NONE, 0, 0, 20, field) + ip + l4, batch) == (
@@ -116,7 +108,7 @@ def test_partial_checksum_is_completed():
             0,
         )
         out = batch.packets()[0]
-        assert csum(pseudo + out[20:]) == 0
+        assert checksum(pseudo + out[20:]) == 0
 
 
 def test_plain_packet_without_flags_is_copied_untouched():
@@ -209,12 +201,12 @@ def checksummed(pkt: bytes) -> bytes:
     v6 = pkt[0] >> 4 == 6
     ip_len = 40 if v6 else 20
     if not v6:
-        pkt = pkt[:10] + struct.pack("!H", csum(pkt[:20])) + pkt[12:]
+        pkt = pkt[:10] + struct.pack("!H", checksum(pkt[:20])) + pkt[12:]
         pseudo = pkt[12:20] + struct.pack("!BBH", 0, 6, len(pkt) - 20)
     else:
         pseudo = pkt[8:40] + struct.pack("!IxxxB", len(pkt) - 40, 6)
     tcp = pkt[ip_len:]
-    c = csum(pseudo + tcp[:16] + b"\0\0" + tcp[18:])
+    c = checksum(pseudo + tcp[:16] + b"\0\0" + tcp[18:])
     return pkt[: ip_len + 16] + struct.pack("!H", c) + pkt[ip_len + 18 :]
 
 
