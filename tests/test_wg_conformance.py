@@ -20,6 +20,7 @@ import time
 
 import pytest
 from conftest import skip_or_fail
+from netns import WireguardGo, namespace, require
 
 from dataplane import config as cfg
 from dataplane._batch import PacketBatch
@@ -341,46 +342,6 @@ def test_wg_ignores_a_socket_dir_override(node, tmp_path):
 # -- differential: the same requests against wireguard-go ----------------------------------------
 
 
-class WireguardGo:
-    """wireguard-go -f in a network namespace of its own (its TUN stays out of the host)."""
-
-    def __init__(self) -> None:
-        if shutil.which("wireguard-go") is None or shutil.which("ip") is None:
-            skip_or_fail("wireguard-go or ip is not installed")
-        if not os.path.exists("/dev/net/tun"):
-            skip_or_fail("/dev/net/tun is missing")
-        tag = random.randrange(10**11)
-        self.ns, self.name = f"dpd{tag:011d}", f"dpg{tag:011d}"
-        self.path = os.path.join(DEFAULT_SOCKET_DIR, f"{self.name}.sock")
-        subprocess.run(["ip", "netns", "add", self.ns], check=True, timeout=20)
-        env = dict(os.environ, WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD="1")
-        # `ip netns exec` execs wireguard-go in place: this PID is wireguard-go's.
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns, "wireguard-go", "-f", self.name],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while not os.path.exists(self.path):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.close()
-                raise RuntimeError("wireguard-go did not create its UAPI socket")
-            time.sleep(0.05)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        subprocess.run(["ip", "netns", "del", self.ns], timeout=20)
-        if os.path.exists(self.path):
-            os.unlink(self.path)
-
-
 def raw_at(path: str, data: bytes) -> bytes:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(5.0)
@@ -424,11 +385,13 @@ def state(path: str) -> tuple[dict[str, str], dict[str, dict[str, object]]]:
 
 
 @pytest.fixture
-def wggo():
+def wggo(tmp_path):
+    """wireguard-go -f in a network namespace of its own (its TUN stays out of the host)."""
     _usable()
-    w = WireguardGo()
-    yield w
-    w.close()
+    require("differential test against wireguard-go", "ip", "wireguard-go")
+    tag = random.randrange(10**11)
+    with namespace(f"dpd{tag:011d}") as ns, WireguardGo(ns, f"dpg{tag:011d}", tmp_path) as w:
+        yield w.start()
 
 
 def _keys(n: int) -> list[str]:
@@ -464,9 +427,9 @@ def test_same_answers_and_state_as_wireguard_go(node, wggo):
     ]
     for i, body in enumerate(script):
         request = f"set=1\n{body}\n\n".encode()
-        answers = raw_at(wggo.path, request), raw_at(node.server.path, request)
+        answers = raw_at(wggo.sock_path, request), raw_at(node.server.path, request)
         assert answers == (b"errno=0\n\n", b"errno=0\n\n"), (i, body, answers)
-        assert state(node.server.path) == state(wggo.path), (i, body)
+        assert state(node.server.path) == state(wggo.sock_path), (i, body)
 
 
 @pytest.mark.parametrize(
@@ -488,7 +451,7 @@ def test_same_answers_and_state_as_wireguard_go(node, wggo):
     ],
 )
 def test_same_errno_as_wireguard_go(node, wggo, request_):
-    theirs, ours = raw_at(wggo.path, request_), raw_at(node.server.path, request_)
+    theirs, ours = raw_at(wggo.sock_path, request_), raw_at(node.server.path, request_)
     assert ours == theirs
     assert theirs in (b"", b"errno=-5\n\n", b"errno=-22\n\n", b"errno=-71\n\n")
 
@@ -496,21 +459,21 @@ def test_same_errno_as_wireguard_go(node, wggo, request_):
 def test_documented_deviations_from_wireguard_go(node, wggo):
     """Where we differ from wireguard-go 0.0.20220316 on purpose (or by a core limit)."""
     (a,) = _keys(1)
-    for path in (wggo.path, node.server.path):
+    for path in (wggo.sock_path, node.server.path):
         assert raw_at(path, f"set=1\npublic_key={a}\nallowed_ip=10.0.0.0/8\n\n".encode()) == (
             b"errno=0\n\n"
         )
 
     def both(body: str) -> tuple[bytes, bytes]:
         request = f"set=1\n{body}\n\n".encode()
-        return raw_at(wggo.path, request), raw_at(node.server.path, request)
+        return raw_at(wggo.sock_path, request), raw_at(node.server.path, request)
 
     # A failed set: the reference keeps the lines before the error, we change nothing.
     assert both(f"public_key={a}\nreplace_allowed_ips=true\nallowed_ip=bad") == (
         b"errno=-22\n\n",
         b"errno=-22\n\n",
     )
-    assert state(wggo.path)[1][a]["allowed_ip"] == []
+    assert state(wggo.sock_path)[1][a]["allowed_ip"] == []
     assert state(node.server.path)[1][a]["allowed_ip"] == ["10.0.0.0/8"]
     # Removing one prefix with a leading '-' is newer than this wireguard-go (2025).
     assert both(f"public_key={a}\nallowed_ip=-10.0.0.0/8") == (b"errno=-22\n\n", b"errno=0\n\n")
@@ -522,7 +485,7 @@ def test_documented_deviations_from_wireguard_go(node, wggo):
         b"errno=0\n\n",
         b"errno=0\n\n",
     )
-    assert state(wggo.path)[1][a]["endpoint"] == "[::ffff:192.0.2.9]:9"
+    assert state(wggo.sock_path)[1][a]["endpoint"] == "[::ffff:192.0.2.9]:9"
     assert state(node.server.path)[1][a]["endpoint"] == "192.0.2.9:9"
 
 
