@@ -1,8 +1,11 @@
 # cython: language_level=3
-"""Linux socket declarations for the batched UDP transport (recvmmsg/sendmmsg, poll)."""
+"""Linux declarations for the batched UDP and TUN transports (recvmmsg/sendmmsg, poll), and
+``wait_readable``, the wait both receive loops start with."""
 
+from libc.errno cimport errno, EINTR
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
 from posix.uio cimport iovec
+from posix.unistd cimport read
 
 
 cdef extern from "<sys/socket.h>" nogil:
@@ -91,3 +94,32 @@ cdef extern from "<poll.h>" nogil:
     short POLLERR
     short POLLHUP
     int poll(pollfd *fds, unsigned long nfds, int timeout)
+
+
+cdef inline int wait_readable(int fd, int wake_fd, int ms) noexcept nogil:
+    """Wait up to ``ms`` ms (< 0: forever) until ``fd`` is readable or the eventfd
+    ``wake_fd`` (if >= 0) is signalled; EINTR is retried. Returns 1 if ``fd`` is readable,
+    0 on timeout or wake-up, -errno if poll failed. A wake-up is drained, one per signal,
+    so that later waits block again."""
+    cdef pollfd fds[2]
+    cdef unsigned long nfds = 1
+    cdef uint8_t drain[8]
+    cdef int rc
+    fds[0].fd = fd
+    fds[0].events = POLLIN
+    fds[0].revents = 0
+    if wake_fd >= 0:
+        fds[1].fd = wake_fd
+        fds[1].events = POLLIN
+        fds[1].revents = 0
+        nfds = 2
+    while True:
+        rc = poll(fds, nfds, ms)
+        if rc < 0 and errno == EINTR:
+            continue
+        break
+    if rc < 0:
+        return -errno
+    if rc > 0 and nfds == 2 and fds[1].revents != 0:
+        read(wake_fd, drain, 8)
+    return 1 if rc > 0 and fds[0].revents != 0 else 0

@@ -42,7 +42,7 @@ from posix.uio cimport iovec, writev
 from posix.unistd cimport read, write
 
 from dataplane._batch cimport PacketBatch, ST_OK, ST_TOO_BIG, ST_TOO_SHORT
-from dataplane.transport._sys cimport poll, pollfd, POLLIN, POLLERR, POLLHUP
+from dataplane.transport._sys cimport poll, pollfd, POLLIN, POLLERR, POLLHUP, wait_readable
 
 cdef enum:
     ERRNO_SLOTS = 256  # errno values are small positive integers on Linux (< 134)
@@ -109,20 +109,19 @@ cdef inline void ipv4_header_checksum(uint8_t* ip, Py_ssize_t ihl) noexcept nogi
     store_be16(ip + 10, csum_fold(csum_add(0, ip, ihl)))
 
 
+cdef inline uint64_t tcp_pseudo_sum(const uint8_t* ip, bint v6,
+                                    Py_ssize_t tcp_len) noexcept nogil:
+    # The pseudo-header: addresses, protocol, TCP length (unfolded).
+    cdef uint64_t acc = csum_add(0, ip + 8, 32) if v6 else csum_add(0, ip + 12, 8)
+    return acc + 6 + <uint64_t>tcp_len
+
+
 cdef inline void tcp_checksum(uint8_t* ip, bint v6, Py_ssize_t ip_len,
                               Py_ssize_t tcp_len) noexcept nogil:
-    # Pseudo-header (addresses, protocol, TCP length) + the whole TCP segment.
     cdef uint8_t* tcp = ip + ip_len
-    cdef uint64_t acc
     tcp[16] = 0
     tcp[17] = 0
-    if v6:
-        acc = csum_add(0, ip + 8, 32)
-    else:
-        acc = csum_add(0, ip + 12, 8)
-    acc += 6 + <uint64_t>tcp_len
-    acc = csum_add(acc, tcp, tcp_len)
-    store_be16(tcp + 16, csum_fold(acc))
+    store_be16(tcp + 16, csum_fold(csum_add(tcp_pseudo_sum(ip, v6, tcp_len), tcp, tcp_len)))
 
 
 cdef inline void finish_checksum(uint8_t* pkt, Py_ssize_t n, Py_ssize_t start,
@@ -349,7 +348,6 @@ cdef inline Py_ssize_t build_super(PacketBatch batch, const Py_ssize_t* run, Py_
     of slots ``run[:m]`` (payloads are written from the slots, not copied); its length."""
     cdef const uint8_t* a = batch.pkt_ptr(run[0])
     cdef Py_ssize_t k, total = first.head, ipl = first.ip_len
-    cdef uint64_t acc
     cdef uint16_t v
     memcpy(head, a, first.head)
     for k in range(m):
@@ -363,15 +361,12 @@ cdef inline Py_ssize_t build_super(PacketBatch batch, const Py_ssize_t* run, Py_
     head[ipl + 13] = first.flags | (batch.pkt_ptr(run[m - 1])[ipl + 13] & TCP_PSH)
     if first.v6:
         store_be16(head + 4, <uint16_t>(total - 40))
-        acc = csum_add(0, head + 8, 32)
     else:
         store_be16(head + 2, <uint16_t>total)
         ipv4_header_checksum(head, 20)
-        acc = csum_add(0, head + 12, 8)
-    acc += 6 + <uint64_t>(total - ipl)
-    while acc >> 16:
-        acc = (acc & 0xFFFF) + (acc >> 16)
-    store_be16(head + ipl + 16, <uint16_t>acc)
+    # csum_fold complements; a partial checksum is stored as the plain folded sum.
+    store_be16(head + ipl + 16,
+               <uint16_t>~csum_fold(tcp_pseudo_sum(head, first.v6, total - ipl)))
     vhdr[0] = F_NEEDS_CSUM
     vhdr[1] = GSO_TCPV6 if first.v6 else GSO_TCPV4
     v = <uint16_t>first.head
@@ -446,9 +441,6 @@ cdef class TunIO:
         cdef Py_ssize_t n = 0, r
         cdef int rc, err = 0
         cdef int ms = -1 if timeout < 0 else <int>(timeout * 1000)
-        cdef pollfd fds[2]
-        cdef unsigned long nfds = 1
-        cdef uint8_t drain[8]
         cdef unsigned long long nbytes = 0, too_big = 0
         if room <= 0 or limit <= 0:
             return 0
@@ -457,28 +449,13 @@ cdef class TunIO:
         # One spare byte past the limit detects an oversize packet; it stays inside the slot
         # because the tailroom is at least that large whenever it is used.
         want = limit + 1 if batch.tailroom > 0 else limit
-        fds[0].fd = self.fd
-        fds[0].events = POLLIN
-        fds[0].revents = 0
-        if self.wake_fd >= 0:
-            fds[1].fd = self.wake_fd
-            fds[1].events = POLLIN
-            fds[1].revents = 0
-            nfds = 2
         # Blocks in poll, then reads a burst; touches only the batch's slots from
         # batch.count on and their metadata, which the caller owns.
         with nogil:
-            while True:
-                rc = poll(fds, nfds, ms)
-                if rc < 0 and errno == EINTR:
-                    continue
-                break
-            if rc > 0 and nfds == 2 and fds[1].revents != 0:
-                # One wake-up per wake(): drain the eventfd so later calls block again.
-                read(self.wake_fd, drain, 8)
+            rc = wait_readable(self.fd, self.wake_fd, ms)
             if rc < 0:
-                err = errno
-            elif rc > 0 and fds[0].revents != 0:
+                err = -rc
+            elif rc > 0:
                 while n < room:
                     k = base + n
                     r = read(self.fd, batch.slot_ptr(k) + batch.headroom, <size_t>want)
@@ -514,33 +491,17 @@ cdef class TunIO:
         cdef Py_ssize_t n = 0, r
         cdef int rc = 1, err = 0
         cdef int ms = -1 if timeout < 0 else <int>(timeout * 1000)
-        cdef pollfd fds[2]
-        cdef unsigned long nfds = 1
-        cdef uint8_t drain[8]
         cdef unsigned long long nbytes = 0, too_big = 0, offloaded = 0, bad = 0
         cdef uint8_t* buf = self.scratch
-        fds[0].fd = self.fd
-        fds[0].events = POLLIN
-        fds[0].revents = 0
-        if self.wake_fd >= 0:
-            fds[1].fd = self.wake_fd
-            fds[1].events = POLLIN
-            fds[1].revents = 0
-            nfds = 2
         # Touches this object's scratch buffer and the batch's slots from batch.count on,
         # both owned by the (single) reading thread for the duration of the call.
         with nogil:
+            # The rest of a TSO segment from the last call goes first, without waiting.
             if self.pending == 0:
-                while True:
-                    rc = poll(fds, nfds, ms)
-                    if rc < 0 and errno == EINTR:
-                        continue
-                    break
-                if rc > 0 and nfds == 2 and fds[1].revents != 0:
-                    read(self.wake_fd, drain, 8)
+                rc = wait_readable(self.fd, self.wake_fd, ms)
                 if rc < 0:
-                    err = errno
-            if rc > 0 and (self.pending or fds[0].revents != 0):
+                    err = -rc
+            if rc > 0:
                 while n < room:
                     if self.pending:
                         r = self.pending

@@ -34,17 +34,16 @@ from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
 from posix.uio cimport iovec
-from posix.unistd cimport read
 
 from dataplane._batch cimport PacketBatch, ST_OK, ST_TOO_BIG
 from dataplane.transport._sys cimport (
-    AF_INET, AF_INET6, MSG_DONTWAIT, MSG_TRUNC, htons, ntohs, mmsghdr, msghdr, poll, pollfd,
-    POLLIN, recvmmsg, sendmmsg, sockaddr_in, sockaddr_in6, cmsghdr, CMSG_FIRSTHDR,
-    CMSG_NXTHDR, CMSG_DATA, CMSG_SPACE, CMSG_LEN, SOL_SOCKET, SO_RXQ_OVFL, SOL_UDP,
-    UDP_GRO, UDP_SEGMENT,
+    AF_INET, AF_INET6, MSG_DONTWAIT, MSG_TRUNC, htons, ntohs, mmsghdr, msghdr, recvmmsg,
+    sendmmsg, sockaddr_in, sockaddr_in6, cmsghdr, CMSG_FIRSTHDR, CMSG_NXTHDR, CMSG_DATA,
+    CMSG_SPACE, CMSG_LEN, SOL_SOCKET, SO_RXQ_OVFL, SOL_UDP, UDP_GRO, UDP_SEGMENT,
+    wait_readable,
 )
 
-import ipaddress
+from dataplane._batch import _pack_endpoint  # the one parser of (ip, port)
 
 # UDP GSO (Linux >= 4.18): one sendmsg carries up to GSO_MAX_SEGMENTS equal-sized
 # datagrams to one destination; the kernel cuts them apart. It saves most of the per-datagram
@@ -141,22 +140,12 @@ def pack_endpoint(endpoint):
         return _packed[endpoint]
     except (KeyError, TypeError):
         pass
-    result = _pack_endpoint_uncached(endpoint)
+    result = _pack_endpoint(endpoint)
     if type(endpoint) is tuple:
         if len(_packed) >= _PACKED_MAX:
             _packed.clear()
         _packed[endpoint] = result
     return result
-
-
-def _pack_endpoint_uncached(endpoint):
-    host, port = endpoint
-    addr = ipaddress.ip_address(host)
-    if not 0 <= port <= 0xFFFF:
-        raise ValueError(f"port out of range in {endpoint!r}")
-    if addr.version == 4:
-        return bytes(V4_MAPPED[:12]) + addr.packed, port
-    return addr.packed, port
 
 
 cdef class BatchIO:
@@ -298,6 +287,17 @@ cdef class BatchIO:
         finally:
             self.rx_busy = False
 
+    cdef void note_kernel_drops(self, msghdr* hdr) noexcept nogil:
+        cdef uint32_t ovfl
+        cdef int32_t delta
+        if rxq_ovfl_count(hdr, &ovfl):
+            # The kernel's counter is a wrapping uint32: add up the steps, so the total
+            # survives a wrap; a step back (never expected) counts nothing.
+            delta = <int32_t>(ovfl - self.rx_ovfl_last)
+            if delta > 0:
+                self.rx_kernel_dropped += <uint32_t>delta
+                self.rx_ovfl_last = ovfl
+
     cdef object _recv_gro(self, PacketBatch batch, double timeout):
         cdef Py_ssize_t room = batch.capacity - batch.count, base = batch.count, k
         cdef Py_ssize_t limit = batch.slot_size - batch.headroom
@@ -305,37 +305,18 @@ cdef class BatchIO:
         cdef unsigned int j
         cdef int n = 0, rc = 1, err = 0
         cdef int ms = -1 if timeout < 0 else <int>(timeout * 1000)
-        cdef pollfd fds[2]
-        cdef unsigned long nfds = 1
-        cdef uint8_t drain[8]
-        cdef uint32_t ovfl
-        cdef int32_t ovfl_delta
         cdef const uint8_t* src
         cdef msghdr* hdr
         if room <= 0:
             return 0
-        fds[0].fd = self.fd
-        fds[0].events = POLLIN
-        fds[0].revents = 0
-        if self.wake_fd >= 0:
-            fds[1].fd = self.wake_fd
-            fds[1].events = POLLIN
-            fds[1].revents = 0
-            nfds = 2
         # Touches this object's buffers and counters and the batch's slots from
         # batch.count on (the caller's), nothing else.
         with nogil:
             if self.gro_next >= self.gro_held:
-                while True:
-                    rc = poll(fds, nfds, ms)
-                    if rc < 0 and errno == EINTR:
-                        continue
-                    break
-                if rc > 0 and nfds == 2 and fds[1].revents != 0:
-                    read(self.wake_fd, drain, 8)
+                rc = wait_readable(self.fd, self.wake_fd, ms)
                 if rc < 0:
-                    err = errno
-                elif rc > 0 and fds[0].revents != 0:
+                    err = -rc
+                elif rc > 0:
                     for j in range(GRO_MSGS):
                         self.gro_iovs[j].iov_base = self.gro_buf + <size_t>j * GRO_BUF
                         self.gro_iovs[j].iov_len = GRO_BUF
@@ -359,11 +340,7 @@ cdef class BatchIO:
                     self.gro_next = 0
                     self.gro_piece = 0
                     for j in range(<unsigned int>n):
-                        if rxq_ovfl_count(&self.gro_msgs[j].msg_hdr, &ovfl):
-                            ovfl_delta = <int32_t>(ovfl - self.rx_ovfl_last)
-                            if ovfl_delta > 0:
-                                self.rx_kernel_dropped += <uint32_t>ovfl_delta
-                                self.rx_ovfl_last = ovfl
+                        self.note_kernel_drops(&self.gro_msgs[j].msg_hdr)
             while self.gro_next < self.gro_held and placed < room:
                 j = self.gro_next
                 hdr = &self.gro_msgs[j].msg_hdr
@@ -411,11 +388,6 @@ cdef class BatchIO:
         cdef Py_ssize_t base = batch.count, k
         cdef int n = 0, rc, err = 0
         cdef int ms = -1 if timeout < 0 else <int>(timeout * 1000)
-        cdef pollfd fds[2]
-        cdef unsigned long nfds = 1
-        cdef uint8_t drain[8]
-        cdef uint32_t ovfl
-        cdef int32_t ovfl_delta
         if room == 0:
             return 0
         for j in range(room):
@@ -430,29 +402,14 @@ cdef class BatchIO:
             # The kernel shrinks msg_controllen to what it wrote: reset on every call.
             self.rx_msgs[j].msg_hdr.msg_control = self.rx_cmsg_buf + j * self.rx_cmsg_space
             self.rx_msgs[j].msg_hdr.msg_controllen = self.rx_cmsg_space
-        fds[0].fd = self.fd
-        fds[0].events = POLLIN
-        fds[0].revents = 0
-        if self.wake_fd >= 0:
-            fds[1].fd = self.wake_fd
-            fds[1].events = POLLIN
-            fds[1].revents = 0
-            nfds = 2
         # Blocks in poll/recvmmsg, then fills in the received slots; touches only this
         # object's arrays and counters and the batch's slots from batch.count on, which the
         # caller owns.
         with nogil:
-            while True:
-                rc = poll(fds, nfds, ms)
-                if rc < 0 and errno == EINTR:
-                    continue
-                break
-            if rc > 0 and nfds == 2 and fds[1].revents != 0:
-                # One wake-up per wake(): drain the eventfd so later calls block again.
-                read(self.wake_fd, drain, 8)
+            rc = wait_readable(self.fd, self.wake_fd, ms)
             if rc < 0:
-                err = errno
-            elif rc > 0 and (fds[0].revents != 0):
+                err = -rc
+            elif rc > 0:
                 while True:
                     n = recvmmsg(self.fd, self.rx_msgs, room, MSG_DONTWAIT, NULL)
                     if n < 0 and errno == EINTR:
@@ -474,13 +431,7 @@ cdef class BatchIO:
                 sockaddr_to_endpoint(&self.rx_addrs[j], &batch.ep_addr[k, 0],
                                      &batch.ep_port[k])
                 self.rx_bytes += self.rx_msgs[j].msg_len
-                if rxq_ovfl_count(&self.rx_msgs[j].msg_hdr, &ovfl):
-                    # The kernel's counter is a wrapping uint32: add up the steps, so the
-                    # total survives a wrap; a step back (never expected) counts nothing.
-                    ovfl_delta = <int32_t>(ovfl - self.rx_ovfl_last)
-                    if ovfl_delta > 0:
-                        self.rx_kernel_dropped += <uint32_t>ovfl_delta
-                        self.rx_ovfl_last = ovfl
+                self.note_kernel_drops(&self.rx_msgs[j].msg_hdr)
         if err:
             if err == EAGAIN:
                 return 0
