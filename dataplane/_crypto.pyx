@@ -45,8 +45,6 @@ cdef enum:
     HEADER_LEN = 16
     TAG_LEN = 16
     KEY_LEN = 32
-    # RFC 6479 ring of RING_WORDS 64-bit words; one word is always being recycled.
-    RING_WORDS = 128
     WINDOW_BITS = (RING_WORDS - 1) * 64
 
 # Fetched once: passing the legacy EVP_chacha20_poly1305() to an init makes OpenSSL 3 look
@@ -88,11 +86,6 @@ cdef inline void wg_nonce(uint8_t* nonce, uint64_t counter) noexcept nogil:
 # ---------------------------------------------------------------------------------------
 # Replay window
 
-cdef struct replay_t:
-    uint64_t last          # greatest counter marked seen
-    uint64_t ring[RING_WORDS]
-
-
 cdef inline bint replay_check(const replay_t* w, uint64_t c) noexcept nogil:
     if c > w.last:
         return True
@@ -123,8 +116,6 @@ cdef class ReplayWindow:
     nothing) if ``check`` would have refused it. A fresh window accepts counter 0 once.
     """
 
-    cdef replay_t w
-
     def __cinit__(self):
         memset(&self.w, 0, sizeof(replay_t))
 
@@ -149,10 +140,6 @@ cdef class ReplayWindow:
 # Keys
 
 cdef class _Key:
-    cdef EVP_CIPHER_CTX* ctx
-    cdef bint busy
-    cdef bint encrypt
-
     def __cinit__(self, key, *args, **kwargs):
         self.ctx = NULL
 
@@ -243,40 +230,13 @@ cdef class SendKey(_Key):
         """
         if mtu <= 0:
             raise ValueError(f"mtu must be positive, got {mtu}")
-        cdef bint any_peer = peer is None
-        cdef int want = -1 if any_peer else peer
-        cdef Py_ssize_t i, n, padded, off
-        cdef Py_ssize_t count = batch.count, slot = batch.slot_size
-        cdef uint8_t* p
-        cdef EVP_CIPHER_CTX* ctx = self.ctx
+        cdef int want = -1 if peer is None else peer
         self._enter()
         try:
             # Reads and writes only this batch's slab/metadata and this key's ctx; the caller
             # owns the batch for the duration of the call.
             with nogil:
-                for i in range(count):
-                    if batch.status[i] != ST_OK:
-                        continue
-                    if not any_peer and batch.peers[i] != want:
-                        continue
-                    if counter >= C_REJECT_AFTER_MESSAGES:
-                        batch.status[i] = ST_COUNTER_LIMIT
-                        continue
-                    n = batch.lengths[i]
-                    off = batch.offsets[i]
-                    padded = padded_length(n, mtu)
-                    if off < HEADER_LEN or off + padded + TAG_LEN > slot:
-                        batch.status[i] = ST_NO_ROOM
-                        continue
-                    p = batch.slot_ptr(i) + off
-                    if padded > n:
-                        memset(p + n, 0, padded - n)
-                    if not seal_one_c(ctx, p - HEADER_LEN, padded, counter, receiver_index):
-                        batch.status[i] = ST_CRYPTO_ERROR
-                        continue
-                    batch.offsets[i] = <uint32_t>(off - HEADER_LEN)
-                    batch.lengths[i] = <uint32_t>(HEADER_LEN + padded + TAG_LEN)
-                    counter += 1
+                counter = seal_batch(self.ctx, batch, receiver_index, counter, mtu, want)
         finally:
             self.busy = False
         return counter
@@ -317,61 +277,99 @@ cdef class ReceiveKey(_Key):
         index. On success the slot's view becomes the (still padded) plaintext and
         ``peers[i] = peer``; otherwise its status says why. Returns how many opened.
         """
-        cdef Py_ssize_t i, n, off, ct
-        cdef Py_ssize_t count = batch.count
-        cdef Py_ssize_t opened = 0
-        cdef uint8_t* p
-        cdef uint64_t counter
-        cdef uint8_t nonce[12]
-        cdef int outl
-        cdef EVP_CIPHER_CTX* ctx = self.ctx
-        cdef replay_t* w = &window.w
+        cdef Py_ssize_t opened
         self._enter()
         try:
             # Reads/writes this batch, this key's ctx and this session's window, all owned
             # by the caller for the duration of the call.
             with nogil:
-                for i in range(count):
-                    if batch.status[i] != ST_OK or batch.peers[i] != -1:
-                        continue
-                    n = batch.lengths[i]
-                    if n < 8:
-                        continue
-                    p = batch.pkt_ptr(i)
-                    if p[0] != MESSAGE_TRANSPORT_DATA or load_le32(p + 4) != receiver_index:
-                        continue
-                    if p[1] | p[2] | p[3]:
-                        batch.status[i] = ST_BAD_TYPE
-                        continue
-                    if n < HEADER_LEN + TAG_LEN:
-                        batch.status[i] = ST_TOO_SHORT
-                        continue
-                    counter = load_le64(p + 8)
-                    if counter >= C_REJECT_AFTER_MESSAGES:
-                        batch.status[i] = ST_COUNTER_LIMIT
-                        continue
-                    if not replay_check(w, counter):
-                        batch.status[i] = ST_REPLAY
-                        continue
-                    ct = n - HEADER_LEN - TAG_LEN
-                    wg_nonce(nonce, counter)
-                    outl = 0
-                    if (EVP_CipherInit_ex2(ctx, NULL, NULL, nonce, 0, NULL) != 1
-                            or (ct and EVP_DecryptUpdate(ctx, p + HEADER_LEN, &outl,
-                                                         p + HEADER_LEN, <int>ct) != 1)
-                            or tag_param(ctx, p + HEADER_LEN + ct, False) != 1
-                            or EVP_DecryptFinal_ex(ctx, p + HEADER_LEN + ct, &outl) != 1):
-                        batch.status[i] = ST_BAD_TAG
-                        continue
-                    replay_update(w, counter)
-                    off = batch.offsets[i]
-                    batch.offsets[i] = <uint32_t>(off + HEADER_LEN)
-                    batch.lengths[i] = <uint32_t>ct
-                    batch.peers[i] = peer
-                    opened += 1
+                opened = open_batch(self.ctx, &window.w, batch, receiver_index, peer)
         finally:
             self.busy = False
         return opened
+
+
+cdef uint64_t seal_batch(EVP_CIPHER_CTX* ctx, PacketBatch batch, uint32_t receiver_index,
+                         uint64_t counter, Py_ssize_t mtu, int want) noexcept nogil:
+    """Seal the alive slots (of peer ``want``, or all if -1); returns the next counter."""
+    cdef Py_ssize_t i, n, padded, off
+    cdef Py_ssize_t count = batch.count, slot = batch.slot_size
+    cdef uint8_t* p
+    for i in range(count):
+        if batch.status[i] != ST_OK:
+            continue
+        if want >= 0 and batch.peers[i] != want:
+            continue
+        if counter >= C_REJECT_AFTER_MESSAGES:
+            batch.status[i] = ST_COUNTER_LIMIT
+            continue
+        n = batch.lengths[i]
+        off = batch.offsets[i]
+        padded = padded_length(n, mtu)
+        if off < HEADER_LEN or off + padded + TAG_LEN > slot:
+            batch.status[i] = ST_NO_ROOM
+            continue
+        p = batch.slot_ptr(i) + off
+        if padded > n:
+            memset(p + n, 0, padded - n)
+        if not seal_one_c(ctx, p - HEADER_LEN, padded, counter, receiver_index):
+            batch.status[i] = ST_CRYPTO_ERROR
+            continue
+        batch.offsets[i] = <uint32_t>(off - HEADER_LEN)
+        batch.lengths[i] = <uint32_t>(HEADER_LEN + padded + TAG_LEN)
+        counter += 1
+    return counter
+
+
+cdef Py_ssize_t open_batch(EVP_CIPHER_CTX* ctx, replay_t* w, PacketBatch batch,
+                           uint32_t receiver_index, int peer) noexcept nogil:
+    """Open the alive unassigned type-4 slots for ``receiver_index``; returns how many."""
+    cdef Py_ssize_t i, n, off, ct
+    cdef Py_ssize_t count = batch.count
+    cdef Py_ssize_t opened = 0
+    cdef uint8_t* p
+    cdef uint64_t counter
+    cdef uint8_t nonce[12]
+    cdef int outl
+    for i in range(count):
+        if batch.status[i] != ST_OK or batch.peers[i] != -1:
+            continue
+        n = batch.lengths[i]
+        if n < 8:
+            continue
+        p = batch.pkt_ptr(i)
+        if p[0] != MESSAGE_TRANSPORT_DATA or load_le32(p + 4) != receiver_index:
+            continue
+        if p[1] | p[2] | p[3]:
+            batch.status[i] = ST_BAD_TYPE
+            continue
+        if n < HEADER_LEN + TAG_LEN:
+            batch.status[i] = ST_TOO_SHORT
+            continue
+        counter = load_le64(p + 8)
+        if counter >= C_REJECT_AFTER_MESSAGES:
+            batch.status[i] = ST_COUNTER_LIMIT
+            continue
+        if not replay_check(w, counter):
+            batch.status[i] = ST_REPLAY
+            continue
+        ct = n - HEADER_LEN - TAG_LEN
+        wg_nonce(nonce, counter)
+        outl = 0
+        if (EVP_CipherInit_ex2(ctx, NULL, NULL, nonce, 0, NULL) != 1
+                or (ct and EVP_DecryptUpdate(ctx, p + HEADER_LEN, &outl,
+                                             p + HEADER_LEN, <int>ct) != 1)
+                or tag_param(ctx, p + HEADER_LEN + ct, False) != 1
+                or EVP_DecryptFinal_ex(ctx, p + HEADER_LEN + ct, &outl) != 1):
+            batch.status[i] = ST_BAD_TAG
+            continue
+        replay_update(w, counter)
+        off = batch.offsets[i]
+        batch.offsets[i] = <uint32_t>(off + HEADER_LEN)
+        batch.lengths[i] = <uint32_t>ct
+        batch.peers[i] = peer
+        opened += 1
+    return opened
 
 
 def receiver_indices(PacketBatch batch not None):

@@ -45,7 +45,7 @@ from dataplane._batch cimport PacketBatch, ST_OK, ST_TOO_BIG, ST_TOO_SHORT
 from dataplane.transport._sys cimport poll, pollfd, POLLIN, POLLERR, POLLHUP, wait_readable
 
 cdef enum:
-    ERRNO_SLOTS = 256  # errno values are small positive integers on Linux (< 134)
+    ERRNO_SLOTS = TUN_ERRNO_SLOTS  # errno values are small positive integers (< 134)
 
     # struct virtio_net_hdr (linux/virtio_net.h), host byte order on a TUN fd.
     VNET_HDR_LEN = 10
@@ -401,16 +401,6 @@ def split_offloaded(data, PacketBatch batch not None, Py_ssize_t first=0):
 cdef class TunIO:
     """read/write of whole batches on one TUN fd (which the caller owns and keeps open)."""
 
-    cdef int fd
-    cdef int wake_fd
-    cdef readonly bint vnet_hdr
-    cdef uint8_t* scratch           # one vnet read (header + up to 64 KiB), vnet_hdr only
-    cdef Py_ssize_t pending         # bytes in scratch not all placed (no room last time)
-    cdef Py_ssize_t pending_piece   # the TSO piece of it to place next
-    cdef readonly unsigned long long rx_packets, rx_bytes, rx_too_big
-    cdef readonly unsigned long long rx_offloaded, rx_offload_errors
-    cdef readonly unsigned long long tx_packets, tx_bytes, tx_failed, tx_merged
-
     def __cinit__(self, int fd, int wake_fd=-1, bint vnet_hdr=False):
         if fd < 0:
             raise ValueError(f"bad file descriptor {fd}")
@@ -434,113 +424,114 @@ cdef class TunIO:
         Returns the number appended (0 on timeout or wake-up), or ``-errno`` when the
         device failed before any packet was read (EBADFD/EIO: the interface is gone).
         """
+        cdef int err = 0
+        cdef int ms = -1 if timeout < 0 else <int>(timeout * 1000)
+        cdef Py_ssize_t n
+        # Blocks in poll, then reads a burst; touches only the batch's slots from
+        # batch.count on and their metadata, which the caller owns.
+        with nogil:
+            n = self.read_c(batch, ms, &err)
+        if n == 0 and err != 0:
+            return -err
+        return n
+
+    cdef Py_ssize_t read_c(self, PacketBatch batch, int ms, int* err) noexcept nogil:
         cdef Py_ssize_t base = batch.count, k
         cdef Py_ssize_t room = batch.capacity - batch.count
         cdef Py_ssize_t limit = batch.slot_size - batch.headroom - batch.tailroom
         cdef Py_ssize_t want
         cdef Py_ssize_t n = 0, r
-        cdef int rc, err = 0
-        cdef int ms = -1 if timeout < 0 else <int>(timeout * 1000)
+        cdef int rc
         cdef unsigned long long nbytes = 0, too_big = 0
+        err[0] = 0
         if room <= 0 or limit <= 0:
             return 0
         if self.vnet_hdr:
-            return self._read_vnet(batch, timeout)
+            return self._read_vnet_c(batch, ms, err)
         # One spare byte past the limit detects an oversize packet; it stays inside the slot
         # because the tailroom is at least that large whenever it is used.
         want = limit + 1 if batch.tailroom > 0 else limit
-        # Blocks in poll, then reads a burst; touches only the batch's slots from
-        # batch.count on and their metadata, which the caller owns.
-        with nogil:
-            rc = wait_readable(self.fd, self.wake_fd, ms)
-            if rc < 0:
-                err = -rc
-            elif rc > 0:
-                while n < room:
-                    k = base + n
-                    r = read(self.fd, batch.slot_ptr(k) + batch.headroom, <size_t>want)
-                    if r < 0:
-                        if errno == EINTR:
-                            continue
-                        if errno != EAGAIN:
-                            err = errno
-                        break
-                    batch.offsets[k] = <uint32_t>batch.headroom
-                    batch.peers[k] = -1
-                    if r > limit:
-                        batch.lengths[k] = <uint32_t>limit
-                        batch.status[k] = ST_TOO_BIG
-                        too_big += 1
-                    else:
-                        batch.lengths[k] = <uint32_t>r
-                        batch.status[k] = ST_OK if r > 0 else ST_TOO_SHORT
-                    nbytes += <unsigned long long>r
-                    n += 1
+        rc = wait_readable(self.fd, self.wake_fd, ms)
+        if rc < 0:
+            err[0] = -rc
+        elif rc > 0:
+            while n < room:
+                k = base + n
+                r = read(self.fd, batch.slot_ptr(k) + batch.headroom, <size_t>want)
+                if r < 0:
+                    if errno == EINTR:
+                        continue
+                    if errno != EAGAIN:
+                        err[0] = errno
+                    break
+                batch.offsets[k] = <uint32_t>batch.headroom
+                batch.peers[k] = -1
+                if r > limit:
+                    batch.lengths[k] = <uint32_t>limit
+                    batch.status[k] = ST_TOO_BIG
+                    too_big += 1
+                else:
+                    batch.lengths[k] = <uint32_t>r
+                    batch.status[k] = ST_OK if r > 0 else ST_TOO_SHORT
+                nbytes += <unsigned long long>r
+                n += 1
         batch.count = base + n
         self.rx_packets += <unsigned long long>n
         self.rx_bytes += nbytes
         self.rx_too_big += too_big
-        if n == 0 and err != 0:
-            return -err
         return n
 
-    cdef object _read_vnet(self, PacketBatch batch, double timeout):
+    cdef Py_ssize_t _read_vnet_c(self, PacketBatch batch, int ms, int* err) noexcept nogil:
         cdef Py_ssize_t base = batch.count, k, used, resume = 0
         cdef Py_ssize_t room = batch.capacity - batch.count
         cdef Py_ssize_t limit = batch.slot_size - batch.headroom - batch.tailroom
         cdef Py_ssize_t n = 0, r
-        cdef int rc = 1, err = 0
-        cdef int ms = -1 if timeout < 0 else <int>(timeout * 1000)
+        cdef int rc = 1
         cdef unsigned long long nbytes = 0, too_big = 0, offloaded = 0, bad = 0
         cdef uint8_t* buf = self.scratch
-        # Touches this object's scratch buffer and the batch's slots from batch.count on,
-        # both owned by the (single) reading thread for the duration of the call.
-        with nogil:
-            # The rest of a TSO segment from the last call goes first, without waiting.
-            if self.pending == 0:
-                rc = wait_readable(self.fd, self.wake_fd, ms)
-                if rc < 0:
-                    err = -rc
-            if rc > 0:
-                while n < room:
-                    if self.pending:
-                        r = self.pending
-                    else:
-                        r = read(self.fd, buf, SCRATCH_LEN)
-                        if r < 0:
-                            if errno == EINTR:
-                                continue
-                            if errno != EAGAIN:
-                                err = errno
-                            break
-                    k = base + n
-                    used = place(buf, r, batch, k, room - n, limit, self.pending_piece,
-                                 &resume)
-                    self.pending = 0
-                    self.pending_piece = 0
-                    if used == PLACE_BAD:
-                        bad += 1
-                        continue
-                    if buf[1] & ~GSO_ECN:
-                        offloaded += resume == 0
-                    elif batch.status[k] == ST_TOO_BIG:
-                        too_big += 1
-                    for k in range(base + n, base + n + used):
-                        nbytes += batch.lengths[k]
-                    n += used
-                    if resume:
-                        # The batch is full: the rest of this TSO segment starts the next.
-                        self.pending = r
-                        self.pending_piece = resume
+        # The rest of a TSO segment from the last call goes first, without waiting.
+        if self.pending == 0:
+            rc = wait_readable(self.fd, self.wake_fd, ms)
+            if rc < 0:
+                err[0] = -rc
+        if rc > 0:
+            while n < room:
+                if self.pending:
+                    r = self.pending
+                else:
+                    r = read(self.fd, buf, SCRATCH_LEN)
+                    if r < 0:
+                        if errno == EINTR:
+                            continue
+                        if errno != EAGAIN:
+                            err[0] = errno
                         break
+                k = base + n
+                used = place(buf, r, batch, k, room - n, limit, self.pending_piece,
+                             &resume)
+                self.pending = 0
+                self.pending_piece = 0
+                if used == PLACE_BAD:
+                    bad += 1
+                    continue
+                if buf[1] & ~GSO_ECN:
+                    offloaded += resume == 0
+                elif batch.status[k] == ST_TOO_BIG:
+                    too_big += 1
+                for k in range(base + n, base + n + used):
+                    nbytes += batch.lengths[k]
+                n += used
+                if resume:
+                    # The batch is full: the rest of this TSO segment starts the next.
+                    self.pending = r
+                    self.pending_piece = resume
+                    break
         batch.count = base + n
         self.rx_packets += <unsigned long long>n
         self.rx_bytes += nbytes
         self.rx_too_big += too_big
         self.rx_offloaded += offloaded
         self.rx_offload_errors += bad
-        if n == 0 and err != 0:
-            return -err
         return n
 
     def write(self, PacketBatch batch not None):
@@ -551,12 +542,21 @@ cdef class TunIO:
         Returns ``(written, errors)`` in packets: ``errors`` maps errno -> packets refused
         with it (a refused packet is skipped, the rest still go out).
         """
+        cdef unsigned long long errs[ERRNO_SLOTS]
+        cdef Py_ssize_t written
+        cdef int e
+        # Reads the batch (owned by the caller for the duration of the call) and writes
+        # only local buffers and counters.
+        with nogil:
+            written = self.write_c(batch, errs)
+        return written, {e: errs[e] for e in range(ERRNO_SLOTS) if errs[e]}
+
+    cdef Py_ssize_t write_c(self, PacketBatch batch,
+                            unsigned long long* errs) noexcept nogil:
         cdef Py_ssize_t i, m, count = batch.count
         cdef Py_ssize_t r, total
         cdef int e
         cdef unsigned long long written = 0, nbytes = 0, failed = 0, merged = 0
-        cdef unsigned long long errs[ERRNO_SLOTS]
-        cdef int any_err = 0
         cdef uint8_t hdr[VNET_HDR_LEN]
         cdef uint8_t gso_hdr[VNET_HDR_LEN]
         cdef uint8_t head[120]
@@ -569,57 +569,48 @@ cdef class TunIO:
         for e in range(VNET_HDR_LEN):
             hdr[e] = 0
         hdr[0] = F_DATA_VALID
-        # Reads the batch (owned by the caller for the duration of the call) and writes
-        # only local buffers and counters.
-        with nogil:
-            i = 0
-            while i < count:
-                if batch.status[i] != ST_OK:
-                    i += 1
+        i = 0
+        while i < count:
+            if batch.status[i] != ST_OK:
+                i += 1
+                continue
+            m = gro_run(batch, i, count, run, &first) if vnet else 0
+            if m > 1:
+                total = build_super(batch, run, m, &first, gso_hdr, head, iov)
+                iov[0].iov_base = gso_hdr
+                iov[0].iov_len = VNET_HDR_LEN
+                i = run[m - 1] + 1
+            else:
+                m = 1
+                run[0] = i
+                total = batch.lengths[i]
+                iov[0].iov_base = hdr
+                iov[0].iov_len = VNET_HDR_LEN
+                iov[1].iov_base = batch.pkt_ptr(i)
+                iov[1].iov_len = total
+                i += 1
+            while True:
+                if vnet:
+                    r = writev(self.fd, iov, 2 + (m if m > 1 else 0))
+                else:
+                    r = write(self.fd, batch.pkt_ptr(run[0]), batch.lengths[run[0]])
+                if r < 0 and errno == EINTR:
                     continue
-                m = gro_run(batch, i, count, run, &first) if vnet else 0
+                break
+            if r < 0:
+                e = errno
+                errs[e if 0 <= e < ERRNO_SLOTS else 0] += m
+                failed += m
+            else:
+                written += m
+                nbytes += <unsigned long long>total
                 if m > 1:
-                    total = build_super(batch, run, m, &first, gso_hdr, head, iov)
-                    iov[0].iov_base = gso_hdr
-                    iov[0].iov_len = VNET_HDR_LEN
-                    i = run[m - 1] + 1
-                else:
-                    m = 1
-                    run[0] = i
-                    total = batch.lengths[i]
-                    iov[0].iov_base = hdr
-                    iov[0].iov_len = VNET_HDR_LEN
-                    iov[1].iov_base = batch.pkt_ptr(i)
-                    iov[1].iov_len = total
-                    i += 1
-                while True:
-                    if vnet:
-                        r = writev(self.fd, iov, 2 + (m if m > 1 else 0))
-                    else:
-                        r = write(self.fd, batch.pkt_ptr(run[0]), batch.lengths[run[0]])
-                    if r < 0 and errno == EINTR:
-                        continue
-                    break
-                if r < 0:
-                    e = errno
-                    errs[e if 0 <= e < ERRNO_SLOTS else 0] += m
-                    failed += m
-                    any_err = 1
-                else:
-                    written += m
-                    nbytes += <unsigned long long>total
-                    if m > 1:
-                        merged += 1
+                    merged += 1
         self.tx_packets += written
         self.tx_bytes += nbytes
         self.tx_failed += failed
         self.tx_merged += merged
-        errors = {}
-        if any_err:
-            for e in range(ERRNO_SLOTS):
-                if errs[e]:
-                    errors[e] = errs[e]
-        return written, errors
+        return <Py_ssize_t>written
 
     def device_failed(self):
         """True when poll reports an error or hang-up on the fd (the interface was deleted)."""

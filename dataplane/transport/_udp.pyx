@@ -49,6 +49,7 @@ from dataplane._batch import _pack_endpoint  # the one parser of (ip, port)
 # datagrams to one destination; the kernel cuts them apart. It saves most of the per-datagram
 # cost of the send path, which dominates for small datagrams.
 cdef enum:
+    ERRNO_SLOTS = UDP_ERRNO_SLOTS
     GSO_MAX_SEGMENTS = 64
     GSO_MAX_BYTES = 65000
     GRO_MSGS = 32           # messages per recvmmsg with GRO: each may hold a whole run
@@ -151,44 +152,6 @@ def pack_endpoint(endpoint):
 cdef class BatchIO:
     """recvmmsg/sendmmsg for one UDP socket (which the caller owns and keeps open)."""
 
-    cdef int fd
-    cdef int family
-    cdef int wake_fd
-    cdef unsigned int capacity
-    # The receiver and the sender each have their own arrays: one thread may receive while
-    # another sends. Two concurrent receivers (or senders) are refused.
-    cdef mmsghdr* rx_msgs
-    cdef iovec* rx_iovs
-    cdef sockaddr_in6* rx_addrs
-    cdef uint8_t* rx_cmsg_buf        # receive: room for one SO_RXQ_OVFL control message each
-    cdef size_t rx_cmsg_space
-    cdef uint32_t rx_ovfl_last       # newest raw (wrapping) kernel drop count seen
-    cdef bint rx_busy, tx_busy
-    cdef mmsghdr* msgs
-    cdef iovec* iovs
-    cdef sockaddr_in6* addrs
-    cdef Py_ssize_t* slot_of         # send: first batch slot of each message
-    cdef unsigned int* segs_of       # send: datagrams in each message
-    cdef uint8_t* cmsg_buf           # send: one UDP_SEGMENT control message per message
-    cdef size_t cmsg_space
-    cdef public bint gso             # use UDP GSO for single-destination sends
-    cdef readonly bint gro           # receive coalesced runs (enable_gro)
-    cdef uint8_t* gro_buf            # GRO_MSGS buffers of GRO_BUF bytes
-    cdef mmsghdr* gro_msgs
-    cdef iovec* gro_iovs
-    cdef sockaddr_in6* gro_addrs
-    cdef uint8_t* gro_cmsg_buf       # room for UDP_GRO and SO_RXQ_OVFL per message
-    cdef size_t gro_cmsg_space
-    cdef unsigned int gro_held       # messages of the last recvmmsg ...
-    cdef unsigned int gro_next       # ... the next one to cut into slots ...
-    cdef Py_ssize_t gro_piece        # ... and its next datagram
-    cdef readonly unsigned long long rx_coalesced  # messages that carried > 1 datagram
-    cdef readonly unsigned long long rx_packets, rx_bytes, rx_truncated
-    # Datagrams the kernel dropped at this socket (receive buffer full), as reported by
-    # SO_RXQ_OVFL; stays 0 unless the socket has the option on.
-    cdef readonly unsigned long long rx_kernel_dropped
-    cdef readonly unsigned long long tx_packets, tx_bytes, tx_failed
-
     def __cinit__(self, int fd, int family, unsigned int capacity=128, int wake_fd=-1):
         self.msgs = NULL
         self.iovs = NULL
@@ -276,16 +239,31 @@ cdef class BatchIO:
         Returns the number appended (0 on timeout or wake-up), or ``-errno`` on error.
         A datagram larger than the slot is kept truncated with status ST_TOO_BIG.
         """
+        cdef int err = 0
+        cdef int ms = -1 if timeout < 0 else <int>(timeout * 1000)
+        cdef Py_ssize_t n
         # Test-and-set with the GIL held: cannot race with another Python thread.
         if self.rx_busy:
             raise RuntimeError("BatchIO.recv is already running in another thread")
         self.rx_busy = True
         try:
-            if self.gro:
-                return self._recv_gro(batch, timeout)
-            return self._recv(batch, timeout)
+            # Touches this object's buffers and counters and the batch's slots from
+            # batch.count on (the caller's), nothing else.
+            with nogil:
+                n = self.recv_c(batch, ms, &err)
         finally:
             self.rx_busy = False
+        if n == 0 and err:
+            return -err
+        return n
+
+    cdef Py_ssize_t recv_c(self, PacketBatch batch, int ms, int* err) noexcept nogil:
+        err[0] = 0
+        if batch.capacity - batch.count <= 0:
+            return 0
+        if self.gro:
+            return self._recv_gro_c(batch, ms, err)
+        return self._recv_plain_c(batch, ms, err)
 
     cdef void note_kernel_drops(self, msghdr* hdr) noexcept nogil:
         cdef uint32_t ovfl
@@ -298,96 +276,89 @@ cdef class BatchIO:
                 self.rx_kernel_dropped += <uint32_t>delta
                 self.rx_ovfl_last = ovfl
 
-    cdef object _recv_gro(self, PacketBatch batch, double timeout):
+    cdef Py_ssize_t _recv_gro_c(self, PacketBatch batch, int ms, int* err) noexcept nogil:
         cdef Py_ssize_t room = batch.capacity - batch.count, base = batch.count, k
         cdef Py_ssize_t limit = batch.slot_size - batch.headroom
         cdef Py_ssize_t placed = 0, size, pieces, off, plen, total
         cdef unsigned int j
-        cdef int n = 0, rc = 1, err = 0
-        cdef int ms = -1 if timeout < 0 else <int>(timeout * 1000)
+        cdef int n = 0, rc = 1
         cdef const uint8_t* src
         cdef msghdr* hdr
-        if room <= 0:
-            return 0
-        # Touches this object's buffers and counters and the batch's slots from
-        # batch.count on (the caller's), nothing else.
-        with nogil:
-            if self.gro_next >= self.gro_held:
-                rc = wait_readable(self.fd, self.wake_fd, ms)
-                if rc < 0:
-                    err = -rc
-                elif rc > 0:
-                    for j in range(GRO_MSGS):
-                        self.gro_iovs[j].iov_base = self.gro_buf + <size_t>j * GRO_BUF
-                        self.gro_iovs[j].iov_len = GRO_BUF
-                        memset(&self.gro_msgs[j], 0, sizeof(mmsghdr))
-                        hdr = &self.gro_msgs[j].msg_hdr
-                        hdr.msg_iov = &self.gro_iovs[j]
-                        hdr.msg_iovlen = 1
-                        hdr.msg_name = &self.gro_addrs[j]
-                        hdr.msg_namelen = sizeof(sockaddr_in6)
-                        hdr.msg_control = self.gro_cmsg_buf + j * self.gro_cmsg_space
-                        hdr.msg_controllen = self.gro_cmsg_space
-                    while True:
-                        n = recvmmsg(self.fd, self.gro_msgs, GRO_MSGS, MSG_DONTWAIT, NULL)
-                        if n < 0 and errno == EINTR:
-                            continue
-                        break
-                    if n < 0:
-                        err = errno
-                        n = 0
-                    self.gro_held = <unsigned int>n
-                    self.gro_next = 0
-                    self.gro_piece = 0
-                    for j in range(<unsigned int>n):
-                        self.note_kernel_drops(&self.gro_msgs[j].msg_hdr)
-            while self.gro_next < self.gro_held and placed < room:
-                j = self.gro_next
-                hdr = &self.gro_msgs[j].msg_hdr
-                total = self.gro_msgs[j].msg_len
-                size = udp_gro_size(hdr)
-                if size == 0 or size > total:
-                    size = total
-                pieces = (total + size - 1) // size if size else 1
-                src = self.gro_buf + <size_t>j * GRO_BUF
-                while self.gro_piece < pieces and placed < room:
-                    off = self.gro_piece * size
-                    plen = total - off
-                    if plen > size:
-                        plen = size
-                    k = base + placed
-                    batch.offsets[k] = <uint32_t>batch.headroom
-                    batch.peers[k] = -1
-                    batch.status[k] = ST_OK
-                    if plen > limit:
-                        plen = limit
-                        batch.status[k] = ST_TOO_BIG
-                        self.rx_truncated += 1
-                    if plen:
-                        memcpy(batch.slot_ptr(k) + batch.headroom, src + off, plen)
-                    batch.lengths[k] = <uint32_t>plen
-                    sockaddr_to_endpoint(&self.gro_addrs[j], &batch.ep_addr[k, 0],
-                                         &batch.ep_port[k])
-                    self.rx_bytes += <unsigned long long>plen
-                    placed += 1
-                    self.gro_piece += 1
-                if self.gro_piece >= pieces:
-                    if pieces > 1:
-                        self.rx_coalesced += 1
-                    self.gro_next += 1
-                    self.gro_piece = 0
+        if self.gro_next >= self.gro_held:
+            rc = wait_readable(self.fd, self.wake_fd, ms)
+            if rc < 0:
+                err[0] = -rc
+            elif rc > 0:
+                for j in range(GRO_MSGS):
+                    self.gro_iovs[j].iov_base = self.gro_buf + <size_t>j * GRO_BUF
+                    self.gro_iovs[j].iov_len = GRO_BUF
+                    memset(&self.gro_msgs[j], 0, sizeof(mmsghdr))
+                    hdr = &self.gro_msgs[j].msg_hdr
+                    hdr.msg_iov = &self.gro_iovs[j]
+                    hdr.msg_iovlen = 1
+                    hdr.msg_name = &self.gro_addrs[j]
+                    hdr.msg_namelen = sizeof(sockaddr_in6)
+                    hdr.msg_control = self.gro_cmsg_buf + j * self.gro_cmsg_space
+                    hdr.msg_controllen = self.gro_cmsg_space
+                while True:
+                    n = recvmmsg(self.fd, self.gro_msgs, GRO_MSGS, MSG_DONTWAIT, NULL)
+                    if n < 0 and errno == EINTR:
+                        continue
+                    break
+                if n < 0:
+                    err[0] = errno
+                    n = 0
+                self.gro_held = <unsigned int>n
+                self.gro_next = 0
+                self.gro_piece = 0
+                for j in range(<unsigned int>n):
+                    self.note_kernel_drops(&self.gro_msgs[j].msg_hdr)
+        while self.gro_next < self.gro_held and placed < room:
+            j = self.gro_next
+            hdr = &self.gro_msgs[j].msg_hdr
+            total = self.gro_msgs[j].msg_len
+            size = udp_gro_size(hdr)
+            if size == 0 or size > total:
+                size = total
+            pieces = (total + size - 1) // size if size else 1
+            src = self.gro_buf + <size_t>j * GRO_BUF
+            while self.gro_piece < pieces and placed < room:
+                off = self.gro_piece * size
+                plen = total - off
+                if plen > size:
+                    plen = size
+                k = base + placed
+                batch.offsets[k] = <uint32_t>batch.headroom
+                batch.peers[k] = -1
+                batch.status[k] = ST_OK
+                if plen > limit:
+                    plen = limit
+                    batch.status[k] = ST_TOO_BIG
+                    self.rx_truncated += 1
+                if plen:
+                    memcpy(batch.slot_ptr(k) + batch.headroom, src + off, plen)
+                batch.lengths[k] = <uint32_t>plen
+                sockaddr_to_endpoint(&self.gro_addrs[j], &batch.ep_addr[k, 0],
+                                     &batch.ep_port[k])
+                self.rx_bytes += <unsigned long long>plen
+                placed += 1
+                self.gro_piece += 1
+            if self.gro_piece >= pieces:
+                if pieces > 1:
+                    self.rx_coalesced += 1
+                self.gro_next += 1
+                self.gro_piece = 0
         batch.count = base + placed
         self.rx_packets += <unsigned long long>placed
-        if placed == 0 and err and err != EAGAIN:
-            return -err
+        if err[0] == EAGAIN:
+            err[0] = 0
         return placed
 
-    cdef object _recv(self, PacketBatch batch, double timeout):
+    cdef Py_ssize_t _recv_plain_c(self, PacketBatch batch, int ms, int* err) noexcept nogil:
         cdef unsigned int room = <unsigned int>min(batch.capacity - batch.count, self.capacity)
         cdef unsigned int j
         cdef Py_ssize_t base = batch.count, k
-        cdef int n = 0, rc, err = 0
-        cdef int ms = -1 if timeout < 0 else <int>(timeout * 1000)
+        cdef int n = 0, rc
         if room == 0:
             return 0
         for j in range(room):
@@ -402,40 +373,34 @@ cdef class BatchIO:
             # The kernel shrinks msg_controllen to what it wrote: reset on every call.
             self.rx_msgs[j].msg_hdr.msg_control = self.rx_cmsg_buf + j * self.rx_cmsg_space
             self.rx_msgs[j].msg_hdr.msg_controllen = self.rx_cmsg_space
-        # Blocks in poll/recvmmsg, then fills in the received slots; touches only this
-        # object's arrays and counters and the batch's slots from batch.count on, which the
-        # caller owns.
-        with nogil:
-            rc = wait_readable(self.fd, self.wake_fd, ms)
-            if rc < 0:
-                err = -rc
-            elif rc > 0:
-                while True:
-                    n = recvmmsg(self.fd, self.rx_msgs, room, MSG_DONTWAIT, NULL)
-                    if n < 0 and errno == EINTR:
-                        continue
-                    break
-                if n < 0:
-                    err = errno
-                    n = 0
-            for j in range(<unsigned int>n):
-                k = base + j
-                batch.offsets[k] = <uint32_t>batch.headroom
-                batch.lengths[k] = self.rx_msgs[j].msg_len
-                batch.peers[k] = -1
-                batch.status[k] = ST_OK
-                if self.rx_msgs[j].msg_hdr.msg_flags & MSG_TRUNC:
-                    batch.status[k] = ST_TOO_BIG
-                    batch.lengths[k] = <uint32_t>(batch.slot_size - batch.headroom)
-                    self.rx_truncated += 1
-                sockaddr_to_endpoint(&self.rx_addrs[j], &batch.ep_addr[k, 0],
-                                     &batch.ep_port[k])
-                self.rx_bytes += self.rx_msgs[j].msg_len
-                self.note_kernel_drops(&self.rx_msgs[j].msg_hdr)
-        if err:
-            if err == EAGAIN:
-                return 0
-            return -err
+        rc = wait_readable(self.fd, self.wake_fd, ms)
+        if rc < 0:
+            err[0] = -rc
+        elif rc > 0:
+            while True:
+                n = recvmmsg(self.fd, self.rx_msgs, room, MSG_DONTWAIT, NULL)
+                if n < 0 and errno == EINTR:
+                    continue
+                break
+            if n < 0:
+                err[0] = errno
+                n = 0
+        for j in range(<unsigned int>n):
+            k = base + j
+            batch.offsets[k] = <uint32_t>batch.headroom
+            batch.lengths[k] = self.rx_msgs[j].msg_len
+            batch.peers[k] = -1
+            batch.status[k] = ST_OK
+            if self.rx_msgs[j].msg_hdr.msg_flags & MSG_TRUNC:
+                batch.status[k] = ST_TOO_BIG
+                batch.lengths[k] = <uint32_t>(batch.slot_size - batch.headroom)
+                self.rx_truncated += 1
+            sockaddr_to_endpoint(&self.rx_addrs[j], &batch.ep_addr[k, 0],
+                                 &batch.ep_port[k])
+            self.rx_bytes += self.rx_msgs[j].msg_len
+            self.note_kernel_drops(&self.rx_msgs[j].msg_hdr)
+        if err[0] == EAGAIN:
+            err[0] = 0
         batch.count = base + n
         self.rx_packets += n
         return n
@@ -446,86 +411,104 @@ cdef class BatchIO:
         Returns ``(sent, errors)`` where ``errors`` lists the errno of each datagram that
         could not be sent (the datagram is skipped, the rest still go out).
         """
-        if self.tx_busy:
-            raise RuntimeError("BatchIO.send is already running in another thread")
-        self.tx_busy = True
-        try:
-            return self._send(batch, endpoint)
-        finally:
-            self.tx_busy = False
-
-    cdef object _send(self, PacketBatch batch, endpoint):
         cdef const uint8_t[::1] dst_addr
         cdef uint16_t dst_port = 0
-        cdef bint fixed = endpoint is not None
         cdef int fixed_len = 0
         cdef sockaddr_in6 fixed_sa
-        if fixed:
+        cdef sockaddr_in6* sa = NULL
+        cdef unsigned long long errs[ERRNO_SLOTS]
+        cdef Py_ssize_t sent
+        cdef int e
+        if endpoint is not None:
             packed, dst_port = pack_endpoint(endpoint)
             dst_addr = packed
             fixed_len = endpoint_to_sockaddr(self.family, &dst_addr[0], dst_port, &fixed_sa)
             if fixed_len == 0:
                 raise ValueError(f"cannot send to {endpoint!r} from an IPv4-only socket")
+            sa = &fixed_sa
+        if self.tx_busy:
+            raise RuntimeError("BatchIO.send is already running in another thread")
+        self.tx_busy = True
+        for e in range(ERRNO_SLOTS):
+            errs[e] = 0
+        try:
+            # Reads the caller's batch, writes this object's arrays and counters.
+            with nogil:
+                sent = self.send_c(batch, sa, fixed_len, -1, errs)
+        finally:
+            self.tx_busy = False
         errors = []
-        cdef Py_ssize_t i = 0, count = batch.count
+        for e in range(ERRNO_SLOTS):
+            if errs[e]:
+                errors.extend([e] * <Py_ssize_t>errs[e])
+        return sent, errors
+
+    cdef Py_ssize_t send_c(self, PacketBatch batch, sockaddr_in6* sa, int salen, int want,
+                           unsigned long long* errs) noexcept nogil:
+        cdef Py_ssize_t i = 0, sent = 0
+        if sa != NULL and self.gso:
+            sent = self._send_gso_c(batch, sa, salen, want, &i, errs)
+        sent += self._send_plain_c(batch, i, sa, salen, want, errs)
+        self.tx_packets += <unsigned long long>sent
+        return sent
+
+    cdef Py_ssize_t _send_plain_c(self, PacketBatch batch, Py_ssize_t i, sockaddr_in6* sa,
+                                  int salen, int want, unsigned long long* errs) noexcept nogil:
+        """One datagram per message from slot ``i`` on."""
+        cdef Py_ssize_t count = batch.count, sent = 0
         cdef unsigned int m, j, jj
         cdef int rc, err, alen
-        cdef int sent_total = 0
-        if fixed and self.gso:
-            i, sent_total = self._send_gso(batch, &fixed_sa, fixed_len, errors)
         while i < count:
             m = 0
             err = 0
             rc = 0
-            # Fill up to `capacity` messages, then send them; runs without the GIL over the
-            # batch (owned by the caller) and this object's arrays.
-            with nogil:
-                while i < count and m < self.capacity:
-                    if batch.status[i] != ST_OK:
-                        i += 1
-                        continue
-                    self.iovs[m].iov_base = batch.pkt_ptr(i)
-                    self.iovs[m].iov_len = batch.lengths[i]
-                    memset(&self.msgs[m], 0, sizeof(mmsghdr))
-                    self.msgs[m].msg_hdr.msg_iov = &self.iovs[m]
-                    self.msgs[m].msg_hdr.msg_iovlen = 1
-                    if fixed:
-                        self.msgs[m].msg_hdr.msg_name = &fixed_sa
-                        self.msgs[m].msg_hdr.msg_namelen = fixed_len
-                    else:
-                        alen = endpoint_to_sockaddr(self.family, &batch.ep_addr[i, 0],
-                                                    batch.ep_port[i], &self.addrs[m])
-                        self.msgs[m].msg_hdr.msg_name = &self.addrs[m]
-                        self.msgs[m].msg_hdr.msg_namelen = alen
-                    self.slot_of[m] = i
-                    m += 1
+            while i < count and m < self.capacity:
+                if batch.status[i] != ST_OK or (want >= 0 and batch.peers[i] != want):
                     i += 1
-                j = 0
-                while j < m:
-                    rc = sendmmsg(self.fd, &self.msgs[j], m - j, 0)
-                    if rc < 0:
-                        if errno == EINTR:
-                            continue
-                        break
-                    for jj in range(j, j + <unsigned int>rc):
-                        self.tx_bytes += self.iovs[jj].iov_len
-                    j += rc
-                    sent_total += rc
+                    continue
+                self.iovs[m].iov_base = batch.pkt_ptr(i)
+                self.iovs[m].iov_len = batch.lengths[i]
+                memset(&self.msgs[m], 0, sizeof(mmsghdr))
+                self.msgs[m].msg_hdr.msg_iov = &self.iovs[m]
+                self.msgs[m].msg_hdr.msg_iovlen = 1
+                if sa != NULL:
+                    self.msgs[m].msg_hdr.msg_name = sa
+                    self.msgs[m].msg_hdr.msg_namelen = salen
+                else:
+                    alen = endpoint_to_sockaddr(self.family, &batch.ep_addr[i, 0],
+                                                batch.ep_port[i], &self.addrs[m])
+                    self.msgs[m].msg_hdr.msg_name = &self.addrs[m]
+                    self.msgs[m].msg_hdr.msg_namelen = alen
+                self.slot_of[m] = i
+                m += 1
+                i += 1
+            j = 0
+            while j < m:
+                rc = sendmmsg(self.fd, &self.msgs[j], m - j, 0)
                 if rc < 0:
-                    err = errno
-            if err:
+                    if errno == EINTR:
+                        continue
+                    break
+                for jj in range(j, j + <unsigned int>rc):
+                    self.tx_bytes += self.iovs[jj].iov_len
+                j += rc
+                sent += rc
+            if rc < 0:
                 # The first unsent message failed; note it and carry on after it.
-                errors.append(err)
+                err = errno
+                errs[err if 0 <= err < ERRNO_SLOTS else 0] += 1
                 self.tx_failed += 1
                 i = self.slot_of[j] + 1
-        self.tx_packets += sent_total
-        return sent_total, errors
+        return sent
 
-    cdef tuple _send_gso(self, PacketBatch batch, sockaddr_in6* sa, int salen, list errors):
+    cdef Py_ssize_t _send_gso_c(self, PacketBatch batch, sockaddr_in6* sa, int salen,
+                                int want, Py_ssize_t* next_slot,
+                                unsigned long long* errs) noexcept nogil:
         """Send runs of equal-sized alive slots as GSO messages to one destination.
 
-        Returns (first slot not handled, datagrams sent). If the kernel refuses GSO, it is
-        switched off for this socket and the caller sends the rest one datagram a message.
+        Returns the datagrams sent; ``next_slot`` = the first slot not handled. If the
+        kernel refuses GSO, it is switched off for this socket and the caller sends the rest
+        one datagram a message.
         """
         cdef Py_ssize_t i = 0, count = batch.count
         cdef unsigned int m, v, j, k, nseg
@@ -538,74 +521,74 @@ cdef class BatchIO:
             v = 0
             err = 0
             rc = 0
-            # Builds messages over this object's arrays and the caller's batch, then sends.
-            with nogil:
-                while i < count and m < self.capacity and v < self.capacity:
-                    if batch.status[i] != ST_OK:
+            while i < count and m < self.capacity and v < self.capacity:
+                if batch.status[i] != ST_OK or (want >= 0 and batch.peers[i] != want):
+                    i += 1
+                    continue
+                msg = &self.msgs[m]
+                memset(msg, 0, sizeof(mmsghdr))
+                msg.msg_hdr.msg_name = sa
+                msg.msg_hdr.msg_namelen = salen
+                msg.msg_hdr.msg_iov = &self.iovs[v]
+                self.slot_of[m] = i
+                seg = batch.lengths[i]
+                nseg = 0
+                total = 0
+                while i < count and v < self.capacity and nseg < GSO_MAX_SEGMENTS:
+                    if batch.status[i] != ST_OK or (want >= 0 and batch.peers[i] != want):
                         i += 1
                         continue
-                    msg = &self.msgs[m]
-                    memset(msg, 0, sizeof(mmsghdr))
-                    msg.msg_hdr.msg_name = sa
-                    msg.msg_hdr.msg_namelen = salen
-                    msg.msg_hdr.msg_iov = &self.iovs[v]
-                    self.slot_of[m] = i
-                    seg = batch.lengths[i]
-                    nseg = 0
-                    total = 0
-                    while i < count and v < self.capacity and nseg < GSO_MAX_SEGMENTS:
-                        if batch.status[i] != ST_OK:
-                            i += 1
-                            continue
-                        n = batch.lengths[i]
-                        # An empty datagram cannot be a GSO segment: it would vanish.
-                        if n > seg or total + n > GSO_MAX_BYTES or (nseg and (seg == 0 or n == 0)):
-                            break
-                        self.iovs[v].iov_base = batch.pkt_ptr(i)
-                        self.iovs[v].iov_len = n
-                        v += 1
-                        nseg += 1
-                        total += n
-                        i += 1
-                        if n < seg:
-                            break  # only the last segment of a message may be shorter
-                    msg.msg_hdr.msg_iovlen = nseg
-                    if nseg > 1:
-                        msg.msg_hdr.msg_control = self.cmsg_buf + m * self.cmsg_space
-                        msg.msg_hdr.msg_controllen = self.cmsg_space
-                        cm = CMSG_FIRSTHDR(&msg.msg_hdr)
-                        cm.cmsg_level = SOL_UDP
-                        cm.cmsg_type = UDP_SEGMENT
-                        cm.cmsg_len = CMSG_LEN(sizeof(uint16_t))
-                        (<uint16_t*>CMSG_DATA(cm))[0] = <uint16_t>seg
-                    self.segs_of[m] = nseg
-                    m += 1
-                j = 0
-                while j < m:
-                    rc = sendmmsg(self.fd, &self.msgs[j], m - j, 0)
-                    if rc < 0:
-                        if errno == EINTR:
-                            continue
+                    n = batch.lengths[i]
+                    # An empty datagram cannot be a GSO segment: it would vanish.
+                    if n > seg or total + n > GSO_MAX_BYTES or (nseg and (seg == 0 or n == 0)):
                         break
-                    for k in range(j, j + <unsigned int>rc):
-                        sent += self.segs_of[k]
-                        for nseg in range(<unsigned int>self.msgs[k].msg_hdr.msg_iovlen):
-                            self.tx_bytes += self.msgs[k].msg_hdr.msg_iov[nseg].iov_len
-                    j += rc
+                    self.iovs[v].iov_base = batch.pkt_ptr(i)
+                    self.iovs[v].iov_len = n
+                    v += 1
+                    nseg += 1
+                    total += n
+                    i += 1
+                    if n < seg:
+                        break  # only the last segment of a message may be shorter
+                msg.msg_hdr.msg_iovlen = nseg
+                if nseg > 1:
+                    msg.msg_hdr.msg_control = self.cmsg_buf + m * self.cmsg_space
+                    msg.msg_hdr.msg_controllen = self.cmsg_space
+                    cm = CMSG_FIRSTHDR(&msg.msg_hdr)
+                    cm.cmsg_level = SOL_UDP
+                    cm.cmsg_type = UDP_SEGMENT
+                    cm.cmsg_len = CMSG_LEN(sizeof(uint16_t))
+                    (<uint16_t*>CMSG_DATA(cm))[0] = <uint16_t>seg
+                self.segs_of[m] = nseg
+                m += 1
+            j = 0
+            while j < m:
+                rc = sendmmsg(self.fd, &self.msgs[j], m - j, 0)
                 if rc < 0:
-                    err = errno
+                    if errno == EINTR:
+                        continue
+                    break
+                for k in range(j, j + <unsigned int>rc):
+                    sent += self.segs_of[k]
+                    for nseg in range(<unsigned int>self.msgs[k].msg_hdr.msg_iovlen):
+                        self.tx_bytes += self.msgs[k].msg_hdr.msg_iov[nseg].iov_len
+                j += rc
+            if rc < 0:
+                err = errno
             if err:
                 if self.segs_of[j] > 1 and (err == EIO or err == EINVAL or err == EOPNOTSUPP
                                             or err == ENOPROTOOPT):
                     self.gso = False  # no GSO here: let the plain path send from message j on
-                    return self.slot_of[j], sent
-                errors.extend([err] * self.segs_of[j])
+                    next_slot[0] = self.slot_of[j]
+                    return sent
+                errs[err if 0 <= err < ERRNO_SLOTS else 0] += self.segs_of[j]
                 self.tx_failed += self.segs_of[j]
                 # Resume after the failed message's slots.
                 i = self.slot_of[j]
                 nseg = 0
                 while i < count and nseg < self.segs_of[j]:
-                    if batch.status[i] == ST_OK:
+                    if batch.status[i] == ST_OK and (want < 0 or batch.peers[i] == want):
                         nseg += 1
                     i += 1
-        return i, sent
+        next_slot[0] = i
+        return sent

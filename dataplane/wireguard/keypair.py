@@ -38,7 +38,6 @@ class Keypair:
     remote_index: int
     created: float
     is_initiator: bool
-    send_counter: int = 0
     window: ReplayWindow = field(default_factory=ReplayWindow)
 
     @classmethod
@@ -54,6 +53,15 @@ class Keypair:
         return cls(
             SendKey(send_key), ReceiveKey(receive_key), local_index, remote_index, now, is_initiator
         )
+
+    @property
+    def send_counter(self) -> int:
+        """The next unused sending counter (kept in the SendKey, shared by every sender)."""
+        return self.send.counter
+
+    @send_counter.setter
+    def send_counter(self, value: int) -> None:
+        self.send.counter = value
 
     def age(self, now: float) -> float:
         return now - self.created
