@@ -37,3 +37,7 @@ cdef Py_ssize_t classify_batch(PacketBatch batch, uint8_t* kinds,
 
 # Trim every alive slot to its IP length; returns the number still alive, or -1 as above.
 cdef Py_ssize_t unpad_batch(PacketBatch batch) noexcept nogil
+
+# Trim every alive slot to its IP header's length (ST_KEEPALIVE for an empty one, ST_BAD_IP
+# for a malformed header); returns the slots left alive, -1 on bad bounds.
+cdef Py_ssize_t unpad_batch(PacketBatch batch) noexcept nogil

@@ -35,7 +35,9 @@ Packet filter default: none installed means WireGuard semantics (AllowedIPs alon
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -44,7 +46,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from dataplane import _ident
-from dataplane._batch import DropReason, PacketBatch
+from dataplane._batch import DropReason, PacketBatch, _pack_endpoint
 from dataplane._group import distinct, group
 from dataplane.filter.packet import PacketFilter
 from dataplane.filter.source import SourceFilter
@@ -55,6 +57,7 @@ from dataplane.routing.overlay import (
     build_inbound_table,
     build_outbound_table,
 )
+from dataplane.wireguard.constants import REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME
 from dataplane.wireguard.device import ConfigError, Device, Transmit
 from dataplane.wireguard.keys import PresharedKey, PrivateKey, PublicKey
 from dataplane.wireguard.peer import PeerStats
@@ -77,6 +80,18 @@ _CORE_REASONS = (
     DropReason.TOO_SHORT,
     DropReason.TOO_BIG,
 )
+
+
+def _exclusive(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a core method under the established-session path's state lock (if one is
+    attached), and hand that path the new sessions/tables if the method changed them."""
+
+    @functools.wraps(method)
+    def locked(self: DataPlane, *args: Any, **kwargs: Any) -> Any:
+        with self._express_locked():
+            return method(self, *args, **kwargs)
+
+    return locked
 
 
 def _wall_clock() -> float:
@@ -162,6 +177,15 @@ class DataPlane:
         self._gc_at: float | None = None
         self._deferring = 0
         self._dirty = False
+        # The established-session path (attach_express), what it was last given, and
+        # whether this thread holds its lock.
+        self._express: Any = None
+        self._express_ids = (0, 0)
+        self._express_on_errors: Callable[[str, dict[int, int]], None] | None = None
+        self._express_version: tuple[int, int, bool] | None = None
+        self._express_holding = False
+        self._express_leftover: list[Output] = []  # transmits due from stats() bookkeeping
+        self._tables_version = 0
 
     # -- configuration ---------------------------------------------------------------------
 
@@ -173,6 +197,7 @@ class DataPlane:
     def private_key(self) -> PrivateKey:
         return self.device.private_key
 
+    @_exclusive
     def set_private_key(self, private_key: PrivateKey) -> None:
         """Change our static key; every session is dropped and peers re-handshake."""
         self.device.set_private_key(private_key)
@@ -184,13 +209,14 @@ class DataPlane:
         Routing tables are rebuilt once when the outermost block exits, even if it raises
         (the changes made up to then are in force, as without the block).
         """
-        self._deferring += 1
-        try:
-            yield self
-        finally:
-            self._deferring -= 1
-            if not self._deferring and self._dirty:
-                self._rebuild()
+        with self._express_locked():
+            self._deferring += 1
+            try:
+                yield self
+            finally:
+                self._deferring -= 1
+                if not self._deferring and self._dirty:
+                    self._rebuild()
 
     def peer_config(self, peer_id: int) -> PeerConfig:
         """What a peer is configured with (not its counters: see ``stats``)."""
@@ -209,6 +235,7 @@ class DataPlane:
     def peer_id_of(self, public_key: PublicKey) -> int | None:
         return self.device.peer_id(public_key)
 
+    @_exclusive
     def add_peer(
         self,
         public_key: PublicKey,
@@ -238,6 +265,7 @@ class DataPlane:
         self._rebuild()
         return peer_id
 
+    @_exclusive
     def update_peer(
         self,
         peer_id: int,
@@ -268,6 +296,7 @@ class DataPlane:
             self._allowed[peer_id] = nets
             self._rebuild()
 
+    @_exclusive
     def remove_peer(self, peer_id: int) -> None:
         self.device.remove_peer(peer_id)
         del self._allowed[peer_id]
@@ -282,6 +311,7 @@ class DataPlane:
     def allowed_ips(self, peer_id: int) -> list[str]:
         return [str(n) for n in self._allowed[peer_id]]
 
+    @_exclusive
     def set_addresses(self, addresses: Iterable[object], overlay: int = 0) -> None:
         """Our own overlay addresses; packets to them go to overlay transport ``overlay``.
 
@@ -296,6 +326,7 @@ class DataPlane:
     def addresses(self) -> list[str]:
         return [str(a) for a in self._addresses]
 
+    @_exclusive
     def set_routes(
         self,
         *,
@@ -314,6 +345,7 @@ class DataPlane:
             self._drop_routes = list(drop)
         self._rebuild()
 
+    @_exclusive
     def set_filter(self, rules: Any, *, caps: Iterable[str] = ()) -> None:
         """Install Tailscale FilterRules (JSON text or list); None removes the filter.
 
@@ -348,12 +380,18 @@ class DataPlane:
         self.outbound_router.swap(out_table)
         self.inbound_router.swap(in_table)
         self.source_filter = src
+        self._tables_version += 1
 
     # -- packets -----------------------------------------------------------------------------
 
+    @_exclusive
     def process_outbound(self, now: float, overlay_id: int, batch: PacketBatch) -> Output:
         """Route, seal (or stage) and address a batch of IP packets from overlay_id."""
         out = Output()
+        if self._express is not None:
+            self._express_account(now, out)
+            if not len(batch):  # sent by the established-session path: bookkeeping only
+                return out
         before = batch.status_counts()
         loop, to_peers, to_loop = self.outbound_router.route(batch)
         if to_loop:
@@ -370,9 +408,14 @@ class DataPlane:
         self._count(before, batch)
         return out
 
+    @_exclusive
     def process_inbound(self, now: float, underlay_id: int, batch: PacketBatch) -> Output:
         """Classify, decrypt, check and deliver a batch of datagrams from underlay_id."""
         out = Output()
+        if self._express is not None:
+            self._express_account(now, out)
+            if not len(batch):  # delivered by the established-session path
+                return out
         before = batch.status_counts()
         kinds = _ident.classify(batch)
         for i in _ident.consume(batch, kinds, (_ident.DISCO,), DropReason.DISCO):
@@ -399,9 +442,12 @@ class DataPlane:
         self._count(before, batch)
         return out
 
+    @_exclusive
     def process_events(self, now: float) -> Output:
         """Run the WireGuard timers and the active-peer GC that are due."""
         out = Output()
+        if self._express is not None:
+            self._express_account(now, out)
         self._emit(out, self.device.dispatch_events(now), None)
         if self._gc_at is not None and now >= self._gc_at:
             self._collect_idle(now)
@@ -459,7 +505,12 @@ class DataPlane:
 
     # -- observability ---------------------------------------------------------------------------
 
+    @_exclusive
     def stats(self) -> CoreStats:
+        if self._express is not None:
+            out = Output()
+            self._express_account(time.monotonic(), out)
+            self._express_leftover.append(out)
         return CoreStats(
             drops={r.name: n for r, n in self.drops.items()},
             device_drops={r.name: n for r, n in self.device.drops.items()},
@@ -470,3 +521,112 @@ class DataPlane:
             delivered=self.delivered_packets,
             peers={pid: self.device.peer_stats(pid) for pid in self.device.peers},
         )
+
+    # -- the established-session path --------------------------------------------------------
+
+    def attach_express(
+        self,
+        express: Any,
+        overlay_id: int,
+        underlay_id: int,
+        *,
+        on_errors: Callable[[str, dict[int, int]], None] | None = None,
+    ) -> None:
+        """Let ``express`` (a ``wireguard._express.Express`` whose TUN and UDP transmit
+        objects are set) carry the established sessions between overlay transport
+        ``overlay_id`` (a TUN device) and underlay ``underlay_id`` itself.
+
+        From here on every method of the core runs under the path's state lock and
+        hands it the sessions, endpoints and tables whenever they change; the path is
+        on while no packet filter is installed. Its transmit errors are reported as
+        ``on_errors("udp" | "tun", {errno: count})``. The driver's clock must be
+        ``time.monotonic`` (the path's clock is CLOCK_MONOTONIC).
+        """
+        express.acquire()
+        try:
+            self._express = express
+            self._express_ids = (overlay_id, underlay_id)
+            self._express_on_errors = on_errors
+            self._express_sync()
+        finally:
+            express.release()
+
+    @contextmanager
+    def _express_locked(self) -> Iterator[None]:
+        ex = self._express
+        if ex is None or self._express_holding:
+            yield
+            return
+        ex.acquire()
+        self._express_holding = True
+        try:
+            yield
+        finally:
+            try:
+                if self._express is ex and self._express_version != self._express_state():
+                    self._express_sync()
+            finally:
+                self._express_holding = False
+                ex.release()
+
+    def _express_state(self) -> tuple[int, int, bool]:
+        return (self.device.epoch, self._tables_version, self.packet_filter is None)
+
+    def _express_sync(self) -> None:
+        # With the state lock held: give the path the sessions it may use right now.
+        overlay_id, underlay_id = self._express_ids
+        senders = []
+        receivers = []
+        for pid, peer in self.device.peers.items():
+            if self._underlay_of.get(pid, 0) != underlay_id:
+                continue
+            kp = peer.current
+            if kp is not None and peer.endpoint is not None:
+                addr16, port = _pack_endpoint(peer.endpoint)
+                senders.append(
+                    (pid, kp.send, kp.remote_index, kp.created + REJECT_AFTER_TIME,
+                     REJECT_AFTER_MESSAGES, addr16, port)
+                )  # fmt: skip
+            for kp in (peer.current, peer.previous):
+                if kp is not None:
+                    receivers.append(
+                        (kp.local_index, pid, kp.receive, kp.window,
+                         kp.created + REJECT_AFTER_TIME)
+                    )  # fmt: skip
+        self._express.install(
+            self.packet_filter is None,
+            overlay_id,
+            self.device.mtu,
+            self.outbound_router.table,
+            self.inbound_router.table,
+            self.source_filter.table,
+            senders,
+            receivers,
+        )
+        self._express_version = self._express_state()
+
+    def _express_account(self, now: float, out: Output) -> None:
+        # The bookkeeping of what the path did since the last call (see Device.account_express).
+        for left in self._express_leftover:
+            out.merge(left)
+        self._express_leftover.clear()
+        if not self._express.pending:
+            return
+        peers, drops, udp_errors, tun_errors, delivered = self._express.drain()
+        if peers:
+            self._emit(out, self.device.account_express(now, peers), None)
+            _, underlay_id = self._express_ids
+            for pid, tx_n, _tb, rx_d, rx_k, _rb, _src in peers:
+                if tx_n:
+                    self._mark_active(pid, now)
+                if (rx_d or rx_k) and pid in self._underlay_of:
+                    self._underlay_of[pid] = underlay_id
+        for reason, n in drops.items():
+            r = DropReason(reason)
+            (self.drops if r in _CORE_REASONS else self.device.drops)[r] += n
+        self.delivered_packets += delivered
+        if self._express_on_errors is not None:
+            if udp_errors:
+                self._express_on_errors("udp", udp_errors)
+            if tun_errors:
+                self._express_on_errors("tun", tun_errors)

@@ -65,7 +65,7 @@ from dataplane.config import Config, ConfigError, interface_name, load
 from dataplane.core import DataPlane
 from dataplane.driver import ThreadedDataPlane
 from dataplane.transport.tun import TunDevice, TunError, TunTransport, interface_exists
-from dataplane.transport.udp import UdpTransport
+from dataplane.transport.udp import UdpTransport, _errname
 from dataplane.uapi import (
     DEFAULT_SOCKET_DIR,
     CoreSlot,
@@ -84,6 +84,7 @@ from dataplane.wgquick import (
     run_hooks,
     set_dns,
 )
+from dataplane.wireguard._express import Express
 from dataplane.wireguard.keys import PrivateKey, PublicKey
 
 __all__ = ["InterfaceError", "open_underlay", "RunningInterface", "resolve_config_path"]
@@ -155,6 +156,7 @@ class RunningInterface:
         self.driver: ThreadedDataPlane | None = None
         self.overlay: TunTransport | None = None
         self.udp: UdpTransport | None = None
+        self.express: Express | None = None
         self.interface: Interface | None = None
         self.server: UAPIServer | None = None
         self.teardown = Teardown()  # rules, routes, DNS: undone in close()
@@ -169,7 +171,19 @@ class RunningInterface:
         tun = self.overlay.id
         core.set_addresses([a.ip for a in self.config.interface.addresses], overlay=tun)
         core.set_routes(inbound={"0.0.0.0/0": tun, "::/0": tun})
+        if self.express is not None and self.udp is not None:
+            core.attach_express(self.express, tun, self.udp.id, on_errors=self._express_errors)
         return core
+
+    def _express_errors(self, kind: str, counts: dict[int, int]) -> None:
+        # Transmit errors of the established-session path, counted where the transports'
+        # own are (``log_stats``, ``dataplane show``).
+        target = self.udp.socket.errors if kind == "udp" and self.udp else None
+        if kind == "tun" and self.tun is not None:
+            target = self.tun.errors
+        if target is not None:
+            for code, n in counts.items():
+                target[_errname(code)] += n
 
     def start(self) -> RunningInterface:
         sock_path = os.path.join(self.socket_dir, f"{self.name}.sock")
@@ -214,6 +228,15 @@ class RunningInterface:
             raise InterfaceError(
                 f"cannot listen on UDP port {cfg.listen_port}: {e.strerror}"
             ) from None
+        # The established-session path: TUN <-> UDP for sessions that are up, in C.
+        self.express = Express()
+        self.express.set_tun(self.tun.fd, self.tun.io.vnet_hdr)
+        self.udp.attach_express(self.express)
+        self.overlay.express = self.express
+        with self.driver.locked():
+            slot.core.attach_express(
+                self.express, self.overlay.id, self.udp.id, on_errors=self._express_errors
+            )
         self.driver.start()
         self.interface = Interface(
             self.driver,
@@ -350,6 +373,11 @@ class RunningInterface:
         # Rules and DNS first, while the interface still exists: from here on traffic goes
         # by the main table again instead of into a table whose device is going away.
         self.teardown.run()
+        if self.express is not None:
+            # Before any fd closes: the path must not write to a reused descriptor.
+            self.express.disable()
+            self.express.set_udp(-1, 0)
+            self.express.set_tun(-1, False)
         steps = (
             ("UAPI server", self.server),
             ("UDP", self.udp),

@@ -219,6 +219,8 @@ class UdpTransport:
         self._kernel_dropped_before = 0
         self._tx_lock = threading.Lock()
         self.dropped_input_batches = 0
+        #: the established-session path (``wireguard._express.Express``): ``attach_express``
+        self.express: Any = None
         self._threads = [
             driver.spawn(f"udp{self.id}-rx", self._receive_loop),
             driver.spawn(f"udp{self.id}-tx", self._send_loop),
@@ -253,6 +255,8 @@ class UdpTransport:
             _set_mark(new, self._fwmark)
         old, self.socket = self.socket, new
         old.wake()
+        if self.express is not None:
+            self.express.set_udp(new.sock.fileno(), new.sock.family, self._capacity)
         with self._rx_lock, self._tx_lock:
             self._kernel_dropped_before += old.rx_kernel_dropped
             old.close()
@@ -274,8 +278,18 @@ class UdpTransport:
                 sock = self.socket
                 if sock.closed:
                     continue
-                sock.recv_batch(batch, timeout=RECV_POLL_INTERVAL)
-            if len(batch):
+                express = self.express
+                if express is None:
+                    sock.recv_batch(batch, timeout=RECV_POLL_INTERVAL)
+                    handled = False
+                else:
+                    # Receive, and for established sessions open + check + write to the
+                    # TUN device, in one C call; a handled batch comes back empty and its
+                    # submit does the bookkeeping.
+                    n, handled = express.pump_inbound(sock.io, batch, RECV_POLL_INTERVAL)
+                    if n < 0:
+                        sock.errors[_errname(-n)] += 1
+            if handled or len(batch):
                 if not self.handle.incoming.submit(batch):
                     self.dropped_input_batches += 1
                 # Processed inline and let go of: receive into the same slab again.
@@ -304,8 +318,16 @@ class UdpTransport:
             endpoint, batch = item
             self._send_now(endpoint, batch)
 
+    def attach_express(self, express: Any) -> None:
+        """Send the established-session path's datagrams from this transport's socket (also
+        after ``rebind``) and let it take received batches first."""
+        express.set_udp(self.socket.sock.fileno(), self.socket.sock.family, self._capacity)
+        self.express = express
+
     def close(self) -> None:
         """Stop both threads, unregister from the driver and close the socket."""
+        if self.express is not None:
+            self.express.set_udp(-1, 0)  # no send from the path on a closed (reused) fd
         self._stop.set()
         self.socket.wake()
         self._driver.remove_underlay_transport(self.id)

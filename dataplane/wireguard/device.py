@@ -199,6 +199,9 @@ class Device:
         self.drops: Counter[DropReason] = Counter()
         #: finer-grained causes of drops and notable control-path events
         self.events: Counter[str] = Counter()
+        #: bumped whenever a peer's sessions or endpoint change (the established-session
+        #: path re-reads them then)
+        self.epoch = 0
 
     def _random_bytes(self, n: int) -> bytes:
         return self._rng.getrandbits(8 * n).to_bytes(n, "little")
@@ -224,6 +227,7 @@ class Device:
         self._rekey_peer(peer)
         self.peers[peer_id] = peer
         self._by_key[public_key.raw] = peer
+        self.epoch += 1
         if ka:
             # wireguard-go sends a keepalive as soon as a persistent keepalive is configured,
             # which also brings the session up; fire at the caller's next dispatch (time 0 is
@@ -241,6 +245,7 @@ class Device:
         endpoint: Endpoint | None | object = _UNSET,
     ) -> Peer:
         peer = self._peer(peer_id)
+        self.epoch += 1
         rekey = False
         if public_key is not _UNSET and public_key != peer.public_key:
             assert isinstance(public_key, PublicKey)
@@ -283,6 +288,7 @@ class Device:
             )
         self.private_key = private_key
         self.public_key = private_key.public_key
+        self.epoch += 1
         self.cookie_checker = CookieChecker(self.public_key.raw, self._random_bytes)
         self._responder_cache = PeerNoiseCache(self.public_key.raw)
         for peer in self.peers.values():
@@ -298,6 +304,7 @@ class Device:
         for name in list(peer.timers):
             self._del_timer(peer, name)
         peer.removed = True
+        self.epoch += 1
         del self.peers[peer_id]
         del self._by_key[peer.public_key.raw]
 
@@ -384,12 +391,34 @@ class Device:
         if not n:
             return
         out.data(peer.id, peer.endpoint, batch)
+        self._note_sent(peer, n, nbytes, now, out)
+
+    def _note_sent(self, peer: Peer, n: int, nbytes: int, now: float, out: _Out) -> None:
+        # Data sealed on the current session went out: counters, timers, rekey by age/count.
         peer.tx_packets += n
         peer.tx_bytes += nbytes
         self._timers_data_sent(peer, now)
         self._timers_any_authenticated_packet_traversal(peer, now)
         self._timers_any_authenticated_packet_sent(peer, now)
-        self._keep_key_fresh_sending(peer, kp, now, out)
+        if peer.current is not None:
+            self._keep_key_fresh_sending(peer, peer.current, now, out)
+
+    def account_express(
+        self, now: float, tally: list[tuple[int, int, int, int, int, int, Endpoint | None]]
+    ) -> list[Transmit]:
+        """The bookkeeping of what the established-session path (``_express``) sent and
+        received since the last call: exactly what ``send`` / ``receive`` do after sealing
+        or opening (counters, timers, roaming, rekeying), from its per-peer tally."""
+        out = _Out(self.mtu)
+        for peer_id, tx_n, tx_bytes, rx_data, rx_keepalives, rx_bytes, src in tally:
+            peer = self.peers.get(peer_id)
+            if peer is None:
+                continue
+            if rx_data or rx_keepalives:
+                self._note_received(peer, rx_data, rx_keepalives, rx_bytes, src, now, out)
+            if tx_n:
+                self._note_sent(peer, tx_n, tx_bytes, now, out)
+        return out.items
 
     def _send_keepalive(self, peer: Peer, now: float, out: _Out) -> None:
         kp = peer.current
@@ -539,6 +568,7 @@ class Device:
             peer.previous = old_cur
         self._free(old_prev)
         peer.current = kp
+        self.epoch += 1
 
     # ------------------------------------------------------------------ handshake: responder
 
@@ -611,6 +641,7 @@ class Device:
         peer.previous = peer.current
         peer.current = kp
         peer.next = None
+        self.epoch += 1
         self.events["handshake_completed_responder"] += 1
         self._timers_handshake_complete(peer, now)
         self._flush_staged(peer, now, out)
@@ -664,9 +695,22 @@ class Device:
         data, keepalives, nbytes, last = _wgbatch.tally(batch, peer.id)
         if last < 0:
             return
+        self._note_received(peer, data, keepalives, nbytes, _wgbatch.endpoint(batch, last), now, out)
+
+    def _note_received(
+        self,
+        peer: Peer,
+        data: int,
+        keepalives: int,
+        nbytes: int,
+        src: Endpoint | None,
+        now: float,
+        out: _Out,
+    ) -> None:
         peer.rx_packets += data + keepalives
         peer.rx_bytes += nbytes
-        self._roam(peer, _wgbatch.endpoint(batch, last))
+        if src is not None:
+            self._roam(peer, src)
         self._timers_any_authenticated_packet_received(peer, now)
         self._timers_any_authenticated_packet_traversal(peer, now)
         if data:
@@ -712,6 +756,7 @@ class Device:
             if peer.endpoint is not None:
                 self.events["roamed"] += 1
             peer.endpoint = src
+            self.epoch += 1
 
     # ------------------------------------------------------------------ timers
 
@@ -858,6 +903,7 @@ class Device:
             if kp is not None and kp.expired(now):
                 self._free(kp)
                 setattr(peer, slot, None)
+                self.epoch += 1
         self._schedule_expiry(peer)
 
     # ------------------------------------------------------------------ helpers
@@ -871,6 +917,7 @@ class Device:
         for kp in peer.keypairs():
             self._free(kp)
         peer.current = peer.previous = peer.next = None
+        self.epoch += 1
         if peer.pending is not None:
             self.index_table.free(peer.pending.local_index)
         peer.pending = None
