@@ -48,6 +48,7 @@ from typing import Any
 
 from dataplane._batch import PacketBatch
 from dataplane.queues import QueueClosed
+from dataplane.transport.bookkeeping import Bookkeeping
 from dataplane.transport._tun import TunIO
 
 __all__ = ["TunDevice", "TunError", "TunTransport", "TUN_PATH"]
@@ -280,18 +281,25 @@ class TunTransport:
     def _read_loop(self) -> None:
         dev = self.device
         batch = PacketBatch(self._capacity, mtu=dev.mtu)
+        book = Bookkeeping()
         while not self._stop.is_set():
             express = self.express
+            account = False
             if express is None:
                 dev.read_batch(batch, READ_POLL_INTERVAL)
-                handled = False
             else:
-                # Read, and for established sessions route + seal + send, in one C call;
-                # what it handled leaves an empty batch whose submit does the bookkeeping.
-                n, handled = express.pump_outbound(dev.io, batch, READ_POLL_INTERVAL)
+                # Read, and for established sessions route + seal + send, in one C call.
+                n, handled = express.pump_outbound(
+                    dev.io, batch, book.timeout(READ_POLL_INTERVAL)
+                )
                 if n < 0:
                     dev.errors[_errname(-n)] += 1
-            if handled or len(batch):
+                account = book.due(handled)
+                if handled and not account:
+                    continue  # sent; the core hears of it within ACCOUNT_DELAY
+            if len(batch) or account:
+                # An empty batch only makes the core drain the path's tallies.
+                book.settled()
                 if not self.handle.incoming.submit(batch):
                     self.dropped_input_batches += 1
                 # Processed inline and let go of: read into the same slab again (no 188 KB

@@ -29,6 +29,7 @@ from collections import Counter
 from typing import Any
 
 from dataplane._batch import PacketBatch
+from dataplane.transport.bookkeeping import Bookkeeping
 from dataplane.queues import QueueClosed
 from dataplane.results import Endpoint
 from dataplane.transport._udp import BatchIO
@@ -273,7 +274,9 @@ class UdpTransport:
 
     def _receive_loop(self) -> None:
         batch = PacketBatch(self._capacity, mtu=self._mtu)
+        book = Bookkeeping()
         while not self._stop.is_set():
+            account = False
             with self._rx_lock:
                 sock = self.socket
                 if sock.closed:
@@ -281,15 +284,20 @@ class UdpTransport:
                 express = self.express
                 if express is None:
                     sock.recv_batch(batch, timeout=RECV_POLL_INTERVAL)
-                    handled = False
                 else:
                     # Receive, and for established sessions open + check + write to the
-                    # TUN device, in one C call; a handled batch comes back empty and its
-                    # submit does the bookkeeping.
-                    n, handled = express.pump_inbound(sock.io, batch, RECV_POLL_INTERVAL)
+                    # TUN device, in one C call.
+                    n, handled = express.pump_inbound(
+                        sock.io, batch, book.timeout(RECV_POLL_INTERVAL)
+                    )
                     if n < 0:
                         sock.errors[_errname(-n)] += 1
-            if handled or len(batch):
+                    account = book.due(handled)
+                    if handled and not account:
+                        continue  # delivered; the core hears of it within ACCOUNT_DELAY
+            if len(batch) or account:
+                # An empty batch only makes the core drain the path's tallies.
+                book.settled()
                 if not self.handle.incoming.submit(batch):
                     self.dropped_input_batches += 1
                 # Processed inline and let go of: receive into the same slab again.
