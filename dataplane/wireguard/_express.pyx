@@ -38,7 +38,7 @@ from cpython.pythread cimport (
 )
 from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, realloc
-from libc.string cimport memcpy, memset
+from libc.string cimport memcmp, memcpy, memset
 
 from dataplane._batch cimport (
     PacketBatch, ST_OK, ST_NO_ROUTE, ST_ROUTE_DROP, ST_SOURCE_FILTER, ST_BAD_IP,
@@ -134,6 +134,7 @@ cdef class Express:
     cdef readonly unsigned long long outbound_batches, inbound_batches
     cdef readonly unsigned long long outbound_declined, inbound_declined
     cdef unsigned long long delivered
+    cdef int udp_fam            # address family of udp_tx's socket
 
     def __cinit__(self):
         self.state_lock = PyThread_allocate_lock()
@@ -183,6 +184,8 @@ cdef class Express:
         with nogil:
             PyThread_acquire_lock(self.udp_lock, WAIT_LOCK)
         self.udp_tx = io
+        if fd >= 0:
+            self.udp_fam = family
         PyThread_release_lock(self.udp_lock)
 
     def set_tun(self, int fd, bint vnet_hdr):
@@ -271,8 +274,8 @@ cdef class Express:
         self.enabled = enabled and self.udp_tx is not None and self.tun_tx is not None
         self.keep = keep
 
-    cdef int udp_family(self):
-        return AF_INET6 if self.udp_tx is None else self.udp_tx.family
+    cdef int udp_family(self) noexcept nogil:
+        return self.udp_fam if self.udp_fam else AF_INET6
 
     def drain(self):
         """What went through since the last call (the caller holds the state lock):
@@ -464,6 +467,8 @@ cdef class Express:
         cdef uint8_t before[MAX_BATCH]
         cdef unsigned long long errs[TUN_ERRNO_SLOTS]
         cdef Py_ssize_t alive = 0
+        cdef sockaddr_in6 roam_sa
+        cdef int salen
         if batch.first_bad_bounds() >= 0:
             return False
         PyThread_acquire_lock(self.state_lock, WAIT_LOCK)
@@ -513,6 +518,13 @@ cdef class Express:
                 p.rx_bytes += batch.lengths[i] + TRANSPORT_OVERHEAD
                 memcpy(p.rx_addr, &batch.ep_addr[i, 0], 16)
                 p.rx_port = batch.ep_port[i]
+                if p.rx_port != 0:
+                    # Roaming takes effect at once, as in the device: a reply written a
+                    # moment from now must already go to where the peer now is.
+                    salen = _sockaddr(self.udp_family(), p.rx_addr, p.rx_port, &roam_sa)
+                    if salen and (salen != p.salen or memcmp(&roam_sa, &p.sa, salen) != 0):
+                        p.sa = roam_sa
+                        p.salen = salen
                 if batch.lengths[i] == 0:
                     p.rx_keepalives += 1
                     batch.status[i] = ST_KEEPALIVE
@@ -580,7 +592,7 @@ cdef object _endpoint(const uint8_t* a, uint16_t port):
 
 
 cdef int _sockaddr(int family, const uint8_t* addr16, uint16_t port,
-                   sockaddr_in6* out) noexcept:
+                   sockaddr_in6* out) noexcept nogil:
     """The sockaddr for a socket of ``family``; its length, 0 if impossible."""
     cdef sockaddr_in* s4
     cdef bint mapped = True
