@@ -16,7 +16,9 @@ class ReplayWindow:
     def update(self, counter: int) -> bool: ...
     def reset(self) -> None: ...
 
+@disjoint_base
 class SendKey:
+    counter: int  # the next unused counter, shared by every sender of the session
     def __init__(self, key: bytes) -> None: ...
     def seal(
         self,

@@ -12,6 +12,7 @@ import socket
 import time
 
 import pytest
+from dataplane.wireguard._express import Express
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_core import udp_packet
@@ -22,7 +23,6 @@ from dataplane.results import Output
 from dataplane.transport._tun import TunIO
 from dataplane.transport._udp import BatchIO
 from dataplane.transport.bookkeeping import Bookkeeping
-from dataplane.wireguard._express import Express
 from dataplane.wireguard.keys import PrivateKey
 
 ADDR = {"a": "10.0.0.1", "b": "10.0.0.2"}
@@ -77,7 +77,9 @@ class Rig:
     def slow(self, src: str, pkt: bytes) -> None:
         """One packet through the cores' Python path, datagrams carried in memory."""
         now = time.monotonic()
-        pending = [(src, self.side(src).core.process_outbound(now, 0, PacketBatch.from_packets([pkt])))]
+        pending = [
+            (src, self.side(src).core.process_outbound(now, 0, PacketBatch.from_packets([pkt])))
+        ]
         while pending:
             frm, out = pending.pop(0)
             to = "b" if frm == "a" else "a"
@@ -243,7 +245,9 @@ def test_without_the_cores_nothing_is_handled():
         r.close()
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.lists(st.binary(min_size=0, max_size=200), min_size=1, max_size=4))
 def test_hostile_datagrams_never_raise(rig, datagrams):
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -48,8 +48,8 @@ from typing import Any
 
 from dataplane._batch import PacketBatch
 from dataplane.queues import QueueClosed
-from dataplane.transport.bookkeeping import Bookkeeping
 from dataplane.transport._tun import TunIO
+from dataplane.transport.bookkeeping import Bookkeeping
 
 __all__ = ["TunDevice", "TunError", "TunTransport", "TUN_PATH"]
 
@@ -289,9 +289,7 @@ class TunTransport:
                 dev.read_batch(batch, READ_POLL_INTERVAL)
             else:
                 # Read, and for established sessions route + seal + send, in one C call.
-                n, handled = express.pump_outbound(
-                    dev.io, batch, book.timeout(READ_POLL_INTERVAL)
-                )
+                n, handled = express.pump_outbound(dev.io, batch, book.timeout(READ_POLL_INTERVAL))
                 if n < 0:
                     dev.errors[_errname(-n)] += 1
                 account = book.due(handled)

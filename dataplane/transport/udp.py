@@ -29,10 +29,10 @@ from collections import Counter
 from typing import Any
 
 from dataplane._batch import PacketBatch
-from dataplane.transport.bookkeeping import Bookkeeping
 from dataplane.queues import QueueClosed
 from dataplane.results import Endpoint
 from dataplane.transport._udp import BatchIO
+from dataplane.transport.bookkeeping import Bookkeeping
 
 log = logging.getLogger(__name__)
 

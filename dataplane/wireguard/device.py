@@ -695,7 +695,9 @@ class Device:
         data, keepalives, nbytes, last = _wgbatch.tally(batch, peer.id)
         if last < 0:
             return
-        self._note_received(peer, data, keepalives, nbytes, _wgbatch.endpoint(batch, last), now, out)
+        self._note_received(
+            peer, data, keepalives, nbytes, _wgbatch.endpoint(batch, last), now, out
+        )
 
     def _note_received(
         self,
