@@ -1,6 +1,6 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
 """C-level view of the transport keys and the replay window, for the established-session
-path (``wireguard/_express.pyx``) to cimport."""
+path (``transport/_express.pyx``) to cimport."""
 
 from libc.stdint cimport uint32_t, uint64_t
 

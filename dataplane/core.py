@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -184,7 +183,6 @@ class DataPlane:
         self._express_on_errors: Callable[[str, dict[int, int]], None] | None = None
         self._express_version: tuple[int, int, bool] | None = None
         self._express_holding = False
-        self._express_leftover: list[Output] = []  # transmits due from stats() bookkeeping
         self._tables_version = 0
 
     # -- configuration ---------------------------------------------------------------------
@@ -505,12 +503,9 @@ class DataPlane:
 
     # -- observability ---------------------------------------------------------------------------
 
-    @_exclusive
     def stats(self) -> CoreStats:
-        if self._express is not None:
-            out = Output()
-            self._express_account(time.monotonic(), out)
-            self._express_leftover.append(out)
+        """Counters; traffic of the established-session path shows once its bookkeeping ran
+        (within ``transport.bookkeeping.ACCOUNT_DELAY`` of the packets)."""
         return CoreStats(
             drops={r.name: n for r, n in self.drops.items()},
             device_drops={r.name: n for r, n in self.device.drops.items()},
@@ -532,7 +527,7 @@ class DataPlane:
         *,
         on_errors: Callable[[str, dict[int, int]], None] | None = None,
     ) -> None:
-        """Let ``express`` (a ``wireguard._express.Express`` whose TUN and UDP transmit
+        """Let ``express`` (a ``transport._express.Express`` whose TUN and UDP transmit
         objects are set) carry the established sessions between overlay transport
         ``overlay_id`` (a TUN device) and underlay ``underlay_id`` itself.
 
@@ -607,16 +602,13 @@ class DataPlane:
 
     def _express_account(self, now: float, out: Output) -> None:
         # The bookkeeping of what the path did since the last call (see Device.account_express).
-        for left in self._express_leftover:
-            out.merge(left)
-        self._express_leftover.clear()
         if not self._express.pending:
             return
         peers, drops, udp_errors, tun_errors, delivered = self._express.drain()
         if peers:
             self._emit(out, self.device.account_express(now, peers), None)
             _, underlay_id = self._express_ids
-            for pid, tx_n, _tb, rx_d, rx_k, _rb, _src in peers:
+            for pid, tx_n, _tb, rx_d, rx_k, _rb, _src, _rx_last in peers:
                 if tx_n:
                     self._mark_active(pid, now)
                 if (rx_d or rx_k) and pid in self._underlay_of:

@@ -64,6 +64,7 @@ from typing import Any
 from dataplane.config import Config, ConfigError, interface_name, load
 from dataplane.core import DataPlane
 from dataplane.driver import ThreadedDataPlane
+from dataplane.transport._express import Express
 from dataplane.transport.tun import TunDevice, TunError, TunTransport, interface_exists
 from dataplane.transport.udp import UdpTransport, _errname
 from dataplane.uapi import (
@@ -84,7 +85,6 @@ from dataplane.wgquick import (
     run_hooks,
     set_dns,
 )
-from dataplane.wireguard._express import Express
 from dataplane.wireguard.keys import PrivateKey, PublicKey
 
 __all__ = ["InterfaceError", "open_underlay", "RunningInterface", "resolve_config_path"]

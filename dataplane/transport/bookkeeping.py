@@ -1,6 +1,6 @@
 """When a transport thread hands the established-session path's bookkeeping to the core.
 
-``Express`` (``wireguard/_express.pyx``) sends and delivers batches of established
+``Express`` (``transport/_express.pyx``) sends and delivers batches of established
 sessions without Python; the core still has to learn what went through (counters,
 WireGuard timers, roaming, rekeying). Doing that right after every batch put a few hundred
 microseconds of cold interpreter on a CPU that the next leg of a round trip needed (on two

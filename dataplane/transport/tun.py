@@ -268,7 +268,7 @@ class TunTransport:
         self.id: int = self.handle.id
         self._stop = threading.Event()
         self.dropped_input_batches = 0
-        #: the established-session path (``wireguard._express.Express``), set by the owner
+        #: the established-session path (``transport._express.Express``), set by the owner
         self.express: Any = None
         self._threads = [
             driver.spawn(f"tun{self.id}-rx", self._read_loop),

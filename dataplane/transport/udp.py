@@ -220,7 +220,7 @@ class UdpTransport:
         self._kernel_dropped_before = 0
         self._tx_lock = threading.Lock()
         self.dropped_input_batches = 0
-        #: the established-session path (``wireguard._express.Express``): ``attach_express``
+        #: the established-session path (``transport._express.Express``): ``attach_express``
         self.express: Any = None
         self._threads = [
             driver.spawn(f"udp{self.id}-rx", self._receive_loop),

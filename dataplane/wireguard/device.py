@@ -404,19 +404,24 @@ class Device:
             self._keep_key_fresh_sending(peer, peer.current, now, out)
 
     def account_express(
-        self, now: float, tally: list[tuple[int, int, int, int, int, int, Endpoint | None]]
+        self, now: float, tally: list[tuple[int, int, int, int, int, int, Endpoint | None, bool]]
     ) -> list[Transmit]:
         """The bookkeeping of what the established-session path (``_express``) sent and
         received since the last call: exactly what ``send`` / ``receive`` do after sealing
         or opening (counters, timers, roaming, rekeying), from its per-peer tally."""
         out = _Out(self.mtu)
-        for peer_id, tx_n, tx_bytes, rx_data, rx_keepalives, rx_bytes, src in tally:
+        for peer_id, tx_n, tx_bytes, rx_data, rx_keepalives, rx_bytes, src, rx_last in tally:
             peer = self.peers.get(peer_id)
             if peer is None:
                 continue
-            if rx_data or rx_keepalives:
+            # The timer hooks in the order the last events happened: a reply received after
+            # our data cancels the new-handshake timer that the data armed, and vice versa.
+            received = rx_data or rx_keepalives
+            if tx_n and rx_last:
+                self._note_sent(peer, tx_n, tx_bytes, now, out)
+            if received:
                 self._note_received(peer, rx_data, rx_keepalives, rx_bytes, src, now, out)
-            if tx_n:
+            if tx_n and not rx_last:
                 self._note_sent(peer, tx_n, tx_bytes, now, out)
         return out.items
 

@@ -35,7 +35,7 @@ class Express:
     def drain(
         self,
     ) -> tuple[
-        list[tuple[int, int, int, int, int, int, tuple[str, int] | None]],
+        list[tuple[int, int, int, int, int, int, tuple[str, int] | None, bool]],
         dict[int, int],
         dict[int, int],
         dict[int, int],
@@ -43,9 +43,7 @@ class Express:
     ]: ...
     @property
     def pending(self) -> bool: ...
-    def pump_outbound(
-        self, tun: TunIO, batch: PacketBatch, timeout: float
-    ) -> tuple[int, bool]: ...
+    def pump_outbound(self, tun: TunIO, batch: PacketBatch, timeout: float) -> tuple[int, bool]: ...
     def pump_inbound(
         self, udp: BatchIO, batch: PacketBatch, timeout: float
     ) -> tuple[int, bool]: ...

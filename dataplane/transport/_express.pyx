@@ -100,6 +100,7 @@ cdef struct peer_t:
     uint64_t rx_data, rx_keepalives, rx_bytes
     uint8_t rx_addr[16]         # source endpoint of the last authenticated datagram
     uint16_t rx_port
+    double last_tx, last_rx     # monotonic: which came last decides the timer hooks' order
     bint touched
 
 
@@ -281,7 +282,7 @@ cdef class Express:
         """What went through since the last call (the caller holds the state lock):
         ``(peers, drops, udp_errors, tun_errors, delivered)`` with ``peers`` a list of
         (peer, tx_packets, tx_bytes, rx_data, rx_keepalives, rx_bytes, source endpoint of
-        the last datagram or None), the next three dicts reason/errno -> count, and the
+        the last datagram or None, whether it received after it last sent), the next three dicts reason/errno -> count, and the
         packets written to the TUN device. Resets the counts."""
         cdef Py_ssize_t i
         cdef peer_t* p
@@ -295,7 +296,7 @@ cdef class Express:
                 if p.rx_data or p.rx_keepalives:
                     ep = _endpoint(p.rx_addr, p.rx_port)
                 peers.append((i, p.tx_packets, p.tx_bytes, p.rx_data, p.rx_keepalives,
-                              p.rx_bytes, ep))
+                              p.rx_bytes, ep, p.last_rx > p.last_tx))
                 p.tx_packets = p.tx_bytes = p.rx_data = p.rx_keepalives = p.rx_bytes = 0
                 p.touched = False
         drops = {i: self.drops[i] for i in range(ST_MAX) if self.drops[i]}
@@ -425,6 +426,7 @@ cdef class Express:
         cdef Py_ssize_t i, k, n, nbytes
         cdef peer_t* p
         cdef unsigned long long errs[UDP_ERRNO_SLOTS]
+        cdef double now
         memset(errs, 0, sizeof(errs))
         PyThread_acquire_lock(self.udp_lock, WAIT_LOCK)
         for k in range(npeer):
@@ -433,6 +435,7 @@ cdef class Express:
                 continue
             self.udp_tx.send_c(batch, &sa[k], salen[k], want[k], errs)
         PyThread_release_lock(self.udp_lock)
+        now = monotonic()
         PyThread_acquire_lock(self.state_lock, WAIT_LOCK)
         # What was sealed counts as sent (as in the core): a refused datagram is counted
         # per errno instead.
@@ -447,6 +450,7 @@ cdef class Express:
                 p = &self.peers[want[k]]
                 p.tx_packets += n
                 p.tx_bytes += nbytes
+                p.last_tx = now
                 p.touched = True
         for i in range(UDP_ERRNO_SLOTS):
             self.udp_errs[i] += errs[i]
@@ -515,6 +519,7 @@ cdef class Express:
                     continue
                 p = &self.peers[batch.peers[i]]
                 p.touched = True
+                p.last_rx = now
                 p.rx_bytes += batch.lengths[i] + TRANSPORT_OVERHEAD
                 memcpy(p.rx_addr, &batch.ep_addr[i, 0], 16)
                 p.rx_port = batch.ep_port[i]
