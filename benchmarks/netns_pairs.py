@@ -3,8 +3,9 @@
     sudo python3 benchmarks/netns_pairs.py [--seconds 4] [--pairs ours-ours,ours-go,go-go]
 
 Each pairing gets two fresh namespaces joined by a veth (10.98.0.1/2), a tunnel with inner
-addresses 10.99.0.1/2 (MTU 1420), then: 20 pings at 50 ms (RTT from `ping -q`, needs
-iputils), and iperf3 TCP single stream for ``--seconds`` in each direction. "ours" is
+addresses 10.99.0.1/2 (MTU 1420), then: ``--pings`` pings at 50 ms (RTT median and mean of
+the per-ping times ``ping`` prints, needs iputils), and iperf3 TCP single stream for
+``--seconds`` in each direction. "ours" is
 ``python -m dataplane up FILE`` (a wg-quick file), "go" is wireguard-go configured with
 ``wg``. Everything runs on this machine's CPUs, shared by both ends: compare the rows of
 one run, not runs on different machines. Not collected by pytest (not a ``bench_`` file).
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -93,7 +95,19 @@ def iperf(ns_server: str, ns_client: str, seconds: int, reverse: bool) -> float:
         srv.wait(5)
 
 
-def measure(pair: str, seconds: int) -> dict[str, float | str]:
+def ping_times(ns: str, target: str, count: int) -> list[float]:
+    """Per-ping RTTs in ms, from ``ping``'s ``time=`` fields (lost pings are missing)."""
+    r = sh("ip", "netns", "exec", ns, "ping", "-c", str(count), "-i", "0.05", target,
+           timeout=60 + count)  # fmt: skip
+    return [
+        float(w[5:])
+        for line in r.stdout.splitlines()
+        for w in line.split()
+        if w.startswith("time=")
+    ]
+
+
+def measure(pair: str, seconds: int, pings: int) -> dict[str, float | str]:
     tag = os.getpid() % 10000
     ns = [f"dpbA{tag}", f"dpbB{tag}"]
     names = [f"dpbx{tag}", f"dpby{tag}"]
@@ -116,13 +130,12 @@ def measure(pair: str, seconds: int) -> dict[str, float | str]:
                 start = start_ours if kind == "ours" else start_go
                 procs.append(start(ns[i], names[i], tmp, i, keys))
             sh("ip", "netns", "exec", ns[0], "ping", "-c", "3", "-W", "3", "10.99.0.2")
-            r = sh(
-                "ip", "netns", "exec", ns[0], "ping", "-c", "20", "-i", "0.05", "-q", "10.99.0.2"
-            )
-            rtt = r.stdout.strip().splitlines()[-1].split("=")[1].split("/")[1]
+            rtts = ping_times(ns[0], "10.99.0.2", pings)
             return {
                 "pair": pair,
-                "rtt_ms": float(rtt),
+                "rtt_ms": statistics.median(rtts),
+                "rtt_mean_ms": statistics.fmean(rtts),
+                "lost": pings - len(rtts),
                 "a_to_b_gbps": iperf(ns[1], ns[0], seconds, False),
                 "b_to_a_gbps": iperf(ns[1], ns[0], seconds, True),
             }
@@ -143,11 +156,18 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=int, default=4)
     ap.add_argument("--pairs", default="ours-ours,ours-go,go-go")
+    ap.add_argument("--pings", type=int, default=100)
     args = ap.parse_args()
-    print(f"{'pair (A-B)':<12} {'RTT ms':>8} {'A->B Gb/s':>10} {'B->A Gb/s':>10}")
+    print(
+        f"{'pair (A-B)':<12} {'RTT median':>10} {'mean ms':>8} {'lost':>4} "
+        f"{'A->B Gb/s':>10} {'B->A Gb/s':>10}"
+    )
     for pair in args.pairs.split(","):
-        m = measure(pair, args.seconds)
-        print(f"{pair:<12} {m['rtt_ms']:>8.3f} {m['a_to_b_gbps']:>10.3f} {m['b_to_a_gbps']:>10.3f}")
+        m = measure(pair, args.seconds, args.pings)
+        print(
+            f"{pair:<12} {m['rtt_ms']:>10.3f} {m['rtt_mean_ms']:>8.3f} {m['lost']:>4} "
+            f"{m['a_to_b_gbps']:>10.3f} {m['b_to_a_gbps']:>10.3f}"
+        )
     return 0
 
 

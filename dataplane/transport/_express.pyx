@@ -317,42 +317,73 @@ cdef class Express:
 
     # -- the two directions ------------------------------------------------------------------
 
-    def pump_outbound(self, TunIO tun not None, PacketBatch batch not None, double timeout):
-        """Read a burst from ``tun`` into ``batch`` and send it if every alive packet has an
-        established session. Returns (packets read, handled): handled batches were sent
-        and are emptied; the others are left for the core as read."""
-        cdef int err = 0
-        cdef int ms = -1 if timeout < 0 else <int>(timeout * 1000)
-        cdef Py_ssize_t n
-        cdef bint handled = False
+    def pump_outbound(self, TunIO tun not None, PacketBatch batch not None, double timeout,
+                      double due=0.0, double delay=0.005):
+        """Read bursts from ``tun`` and send each whose every alive packet has an established
+        session, staying in C from one burst to the next. Returns ``(n, due)``:
+
+        * ``n > 0``: ``batch`` holds a burst the path declined, as read, for the core;
+        * ``n == 0``: the wait ended (``timeout`` s without a packet, the TUN's wake-up fd)
+          or the bookkeeping fell due; ``n < 0``: ``-errno`` of a failed read.
+
+        ``due`` is when the bookkeeping of handled bursts is owed (0: nothing owed); the
+        first handled burst sets it ``delay`` s ahead, and the call returns once it passed.
+        """
+        cdef int err = 0, ms = 0
+        cdef Py_ssize_t n = 0
         if batch.capacity > MAX_BATCH:
             raise ValueError(f"batches of at most {MAX_BATCH} packets")
         # The reader owns the batch and ``tun``; tables and sessions are used under the
         # state lock, the shared socket object under the udp lock.
         with nogil:
-            n = tun.read_c(batch, ms, &err)
-            if n > 0 and self.enabled:
-                handled = self._outbound(batch)
+            while True:
+                n = 0
+                if not self._wait_ms(timeout, due, &ms):
+                    break
+                n = tun.read_c(batch, ms, &err)
+                if n <= 0 or not self._outbound(batch):
+                    break
+                if due <= 0:
+                    due = monotonic() + delay
         if n == 0 and err:
-            return -err, False
-        return n, handled
+            return -err, due
+        return n, due
 
-    def pump_inbound(self, BatchIO udp not None, PacketBatch batch not None, double timeout):
-        """Receive a burst from ``udp`` into ``batch`` and deliver it if every alive datagram
-        is transport data of a session we hold. Returns (datagrams received, handled)."""
-        cdef int err = 0
-        cdef int ms = -1 if timeout < 0 else <int>(timeout * 1000)
-        cdef Py_ssize_t n
-        cdef bint handled = False
+    def pump_inbound(self, BatchIO udp not None, PacketBatch batch not None, double timeout,
+                     double due=0.0, double delay=0.005):
+        """Receive bursts from ``udp`` and deliver each whose every alive datagram is
+        transport data of a session we hold; the rest as ``pump_outbound``."""
+        cdef int err = 0, ms = 0
+        cdef Py_ssize_t n = 0
         if batch.capacity > MAX_BATCH:
             raise ValueError(f"batches of at most {MAX_BATCH} packets")
         with nogil:
-            n = udp.recv_c(batch, ms, &err)
-            if n > 0 and self.enabled:
-                handled = self._inbound(batch)
+            while True:
+                n = 0
+                if not self._wait_ms(timeout, due, &ms):
+                    break
+                n = udp.recv_c(batch, ms, &err)
+                if n <= 0 or not self._inbound(batch):
+                    break
+                if due <= 0:
+                    due = monotonic() + delay
         if n == 0 and err:
-            return -err, False
-        return n, handled
+            return -err, due
+        return n, due
+
+    cdef bint _wait_ms(self, double timeout, double due, int* ms) noexcept nogil:
+        # How long the next wait may last (ms, rounded up, -1: forever); False when the
+        # bookkeeping is due now.
+        cdef double left
+        if due > 0:
+            left = due - monotonic()
+            if left <= 0:
+                ms[0] = 0
+                return False
+            if timeout < 0 or left < timeout:
+                timeout = left
+        ms[0] = -1 if timeout < 0 else <int>(timeout * 1000 + 0.999)
+        return True
 
     cdef bint _outbound(self, PacketBatch batch) noexcept nogil:
         cdef Py_ssize_t i, k, count = batch.count, npeer = 0

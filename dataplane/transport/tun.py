@@ -49,7 +49,7 @@ from typing import Any
 from dataplane._batch import PacketBatch
 from dataplane.queues import QueueClosed
 from dataplane.transport._tun import TunIO
-from dataplane.transport.bookkeeping import Bookkeeping
+from dataplane.transport.bookkeeping import ACCOUNT_DELAY, bookkeeping_due
 
 __all__ = ["TunDevice", "TunError", "TunTransport", "TUN_PATH"]
 
@@ -281,23 +281,24 @@ class TunTransport:
     def _read_loop(self) -> None:
         dev = self.device
         batch = PacketBatch(self._capacity, mtu=dev.mtu)
-        book = Bookkeeping()
+        due = 0.0  # when the established-session path's bookkeeping is owed
         while not self._stop.is_set():
             express = self.express
             account = False
             if express is None:
                 dev.read_batch(batch, READ_POLL_INTERVAL)
             else:
-                # Read, and for established sessions route + seal + send, in one C call.
-                n, handled = express.pump_outbound(dev.io, batch, book.timeout(READ_POLL_INTERVAL))
+                # Bursts of established sessions are read, sealed and sent in C; it returns
+                # with a burst for the core, on a timeout or wake-up, or bookkeeping due.
+                n, due = express.pump_outbound(
+                    dev.io, batch, READ_POLL_INTERVAL, due, ACCOUNT_DELAY
+                )
                 if n < 0:
                     dev.errors[_errname(-n)] += 1
-                account = book.due(handled)
-                if handled and not account:
-                    continue  # sent; the core hears of it within ACCOUNT_DELAY
+                account = bookkeeping_due(due)
             if len(batch) or account:
                 # An empty batch only makes the core drain the path's tallies.
-                book.settled()
+                due = 0.0
                 if not self.handle.incoming.submit(batch):
                     self.dropped_input_batches += 1
                 # Processed inline and let go of: read into the same slab again (no 188 KB

@@ -32,7 +32,7 @@ from dataplane._batch import PacketBatch
 from dataplane.queues import QueueClosed
 from dataplane.results import Endpoint
 from dataplane.transport._udp import BatchIO
-from dataplane.transport.bookkeeping import Bookkeeping
+from dataplane.transport.bookkeeping import ACCOUNT_DELAY, bookkeeping_due
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +274,7 @@ class UdpTransport:
 
     def _receive_loop(self) -> None:
         batch = PacketBatch(self._capacity, mtu=self._mtu)
-        book = Bookkeeping()
+        due = 0.0  # when the established-session path's bookkeeping is owed
         while not self._stop.is_set():
             account = False
             with self._rx_lock:
@@ -285,19 +285,17 @@ class UdpTransport:
                 if express is None:
                     sock.recv_batch(batch, timeout=RECV_POLL_INTERVAL)
                 else:
-                    # Receive, and for established sessions open + check + write to the
-                    # TUN device, in one C call.
-                    n, handled = express.pump_inbound(
-                        sock.io, batch, book.timeout(RECV_POLL_INTERVAL)
+                    # Bursts of established sessions are received, opened, checked and
+                    # written to the TUN device in C (see TunTransport._read_loop).
+                    n, due = express.pump_inbound(
+                        sock.io, batch, RECV_POLL_INTERVAL, due, ACCOUNT_DELAY
                     )
                     if n < 0:
                         sock.errors[_errname(-n)] += 1
-                    account = book.due(handled)
-                    if handled and not account:
-                        continue  # delivered; the core hears of it within ACCOUNT_DELAY
+                    account = bookkeeping_due(due)
             if len(batch) or account:
                 # An empty batch only makes the core drain the path's tallies.
-                book.settled()
+                due = 0.0
                 if not self.handle.incoming.submit(batch):
                     self.dropped_input_batches += 1
                 # Processed inline and let go of: receive into the same slab again.
