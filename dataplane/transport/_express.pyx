@@ -5,7 +5,7 @@
 Theory of operation. On an idle machine a batch's trip through the Python core costs
 hundreds of microseconds of cold interpreter per direction, most of a ping's round trip.
 ``Express`` does the per-packet work of a configured interface with established sessions
-in one GIL-free call per wake-up, from the transport's own thread:
+without the GIL, on the transport's own thread, and stays in C from one burst to the next:
 
 * ``pump_outbound`` (TUN reader): read a burst, route every packet by destination
   (the outbound router's frozen LPM table), and if *every* alive packet goes to a peer
@@ -14,20 +14,23 @@ in one GIL-free call per wake-up, from the transport's own thread:
 * ``pump_inbound`` (UDP receiver): receive a burst, and if *every* alive datagram is a
   transport message for a receiving session we hold, open them (replay window shared
   with the device), unpad, check the inner source against AllowedIPs, route by
-  destination (inbound table) and write them to the TUN device.
+  destination (inbound table) and write them to the TUN device. An authenticated
+  datagram from a new address moves the peer's endpoint here at once (roaming).
 
-All or nothing: a batch with anything else in it (a handshake, a packet for a peer
-without a session, a loopback route, an unknown receiver index...) is left untouched for
-the Python core, so the slow path keeps every rule it has. Python stays the owner of
-all state: it installs sessions, endpoints and tables (``install``), and the bookkeeping
-of what went through here (counters, WireGuard timers, roaming, rekeying) is drained by
-the core right after each batch (``drain``), off the packet's critical path.
+All or nothing: a burst with anything else in it (a handshake, a packet for a peer
+without a session, a loopback route, an unknown receiver index...) is returned untouched
+to the caller for the Python core, so the slow path keeps every rule it has. Python stays
+the owner of all state: it installs sessions, endpoints and tables (``install``), and
+the bookkeeping of what went through here (counters, WireGuard timers, rekeying) is
+drained by the core (``drain``) when the pump returns because it fell due, a few
+milliseconds later, off the packets' critical path (``transport/bookkeeping.py``).
 
-Locks (PyThread locks, taken without the GIL): ``state`` guards the tables and the
-sessions' counters, windows and cipher contexts; the core holds it around every call
-into the device, so a session is never used by both paths at once. ``udp`` and ``tun``
-guard the transmit objects, which ``set_udp`` / ``detach`` replace (a rebind closes the
-old socket only after taking ``udp``). The I/O itself happens outside ``state``.
+Locks (PyThread locks, taken without the GIL): ``state`` guards the tables, the per-peer
+tallies and the sessions' counters, windows and cipher contexts; the core holds it around
+every call into the device, so a session is never used by both paths at once. ``udp`` and
+``tun`` guard the transmit objects, which ``set_udp`` / ``set_tun`` replace (a rebind
+closes the old socket only after swapping). The I/O itself happens outside ``state``, and
+no lock is ever held while waiting for another.
 """
 
 import ipaddress
