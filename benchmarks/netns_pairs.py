@@ -54,7 +54,7 @@ def start_ours(ns: str, name: str, tmp: Path, i: int, keys: list[PrivateKey]) ->
         f"Endpoint = 10.98.0.{o + 1}:{51820 + o}\n"
     )
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    cmd = ["ip", "netns", "exec", ns, sys.executable, "-m", "dataplane", "up", str(conf)]
+    cmd = ["ip", "netns", "exec", ns, sys.executable, "-m", "dataplane", "up", "-f", str(conf)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     wait_socket(name, proc)
     return proc

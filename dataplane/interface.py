@@ -58,7 +58,7 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from dataplane.config import Config, ConfigError, interface_name, load
@@ -425,7 +425,7 @@ def add_up_arguments(p: argparse.ArgumentParser) -> None:
         "-f",
         "--foreground",
         action="store_true",
-        help="accepted for compatibility: dataplane up always stays in the foreground",
+        help="stay in the foreground (default: detach once the interface is up, like wireguard-go)",
     )
     p.add_argument("--socket-dir", default=DEFAULT_SOCKET_DIR, help=argparse.SUPPRESS)
 
@@ -489,7 +489,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"dataplane: cannot read {path}: {e.strerror}", file=sys.stderr)
         return 2
-    iface = RunningInterface(name, config, socket_dir=args.socket_dir)
+    if args.foreground:
+        return _run_up(name, config, args.socket_dir, on_up=None)
+    return _daemonize(lambda on_up: _run_up(name, config, args.socket_dir, on_up=on_up))
+
+
+def _run_up(name: str, config: Config, socket_dir: str, on_up: Callable[[], None] | None) -> int:
+    iface = RunningInterface(name, config, socket_dir=socket_dir)
     try:
         with _terminate_interrupts():
             iface.start()
@@ -500,9 +506,64 @@ def cmd_up(args: argparse.Namespace) -> int:
         log.warning("interface %s: terminated while coming up", name)
         return 128 + signal.SIGTERM
     try:
+        if on_up is not None:
+            on_up()
         return iface.run()
     finally:
         iface.close()
+
+
+def _daemonize(run: Callable[[Callable[[], None]], int]) -> int:
+    """Run ``run(on_up)`` in a detached daemon (wireguard-go's behaviour without ``-f``);
+    return once it reports the interface up (0) or has failed (its exit status).
+
+    The fork happens before any thread exists. The daemon (a grandchild in its own session,
+    so it never gets a controlling terminal) reports errors on the caller's stderr while
+    it comes up; ``on_up`` tells the caller it is up and lets go of the caller's stdio,
+    so that a caller reading our output (``subprocess.run``) is not held until ``down``.
+    """
+    ready_r, ready_w = os.pipe()
+    child = os.fork()
+    if child:
+        os.close(ready_w)
+        os.waitpid(child, 0)  # the intermediate child exits at once
+        with os.fdopen(ready_r, "rb") as ready:
+            report = ready.read()  # EOF: the daemon is up, or gone
+        if report.startswith(b"up "):
+            return 0
+        # The daemon failed (and said why on stderr) or died; its status is in the report.
+        return int(report) if report.strip().isdigit() else 1
+    # Intermediate child: a new session, then the daemon itself, then leave.
+    try:
+        os.close(ready_r)
+        os.setsid()
+        if os.fork():
+            os._exit(0)
+    except BaseException:
+        os._exit(1)
+    code = 1
+    try:
+        devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(devnull, 0)
+
+        def on_up() -> None:
+            os.write(ready_w, f"up {os.getpid()}".encode())
+            os.close(ready_w)
+            # Logging keeps writing to fds 1 and 2: from now on they lead nowhere.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+
+        code = run(on_up)
+        try:
+            os.write(ready_w, str(code).encode())  # never came up: the caller's status
+        except OSError:
+            pass  # reported "up" already
+    except BaseException:  # noqa: BLE001 - a daemon has nobody to raise to
+        log.exception("dataplane up failed")
+    finally:
+        os._exit(code)
 
 
 def cmd_down(args: argparse.Namespace) -> int:

@@ -109,8 +109,8 @@ class Lab:
         env = dict(os.environ, PYTHONPATH=str(REPO))
         with open(self.us_log, "a") as log:  # the child keeps its own descriptor
             proc = popen_in(
-                NS_US, sys.executable, "-m", "dataplane", "up", "-v", str(self.conf), stdout=log,
-                stderr=subprocess.STDOUT, env=env, cwd=self.tmp,
+                NS_US, sys.executable, "-m", "dataplane", "up", "-f", "-v", str(self.conf),
+                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.tmp,
             )  # fmt: skip
         wait_for(lambda: os.path.exists(f"{SOCK_DIR}/{IF_US}.sock"), 15, "dataplane up", proc)
         return proc
@@ -360,8 +360,9 @@ def test_both_ends_ours(tmp_path):
                     f"Endpoint = 10.98.0.{other + 1}:{51820 + other}\n"
                 )
                 procs.append(
-                    popen_in(n, sys.executable, "-m", "dataplane", "up", str(conf), stdout=log,
-                             stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=str(REPO)))
+                    popen_in(n, sys.executable, "-m", "dataplane", "up", "-f", str(conf),
+                             stdout=log, stderr=subprocess.STDOUT,
+                             env=dict(os.environ, PYTHONPATH=str(REPO)))
                 )  # fmt: skip
                 sock = f"{SOCK_DIR}/{names[i]}.sock"
                 wait_for(lambda p=sock: os.path.exists(p), 15, "dataplane up", procs[-1])

@@ -11,10 +11,12 @@ resolver configuration is never touched.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -259,6 +261,7 @@ class Lab:
         self.sockdir = tempfile.mkdtemp(prefix="dpp")  # AF_UNIX paths are short
         self.namespaces = Namespaces()
         self.procs: list[subprocess.Popen] = []
+        self.daemon_pids: list[int] = []
         self.logs: list[Path] = []
         bindir = tmp / "bin"
         bindir.mkdir()
@@ -289,7 +292,7 @@ class Lab:
         self.logs.append(log)
         with open(log, "w") as out:
             proc = subprocess.Popen(
-                self._cmd(ns, "up", "-v", "--socket-dir", self.sockdir, str(conf)),
+                self._cmd(ns, "up", "-f", "-v", "--socket-dir", self.sockdir, str(conf)),
                 stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=self.tmp,
             )  # fmt: skip
         self.procs.append(proc)
@@ -315,9 +318,19 @@ class Lab:
         return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
                          for p in self.logs if p.exists())  # fmt: skip
 
+    def daemons(self, conf: Path) -> list[int]:
+        """PIDs of detached `dataplane up` daemons of ``conf`` (remembered for cleanup)."""
+        r = run("pgrep", "-f", f"dataplane up .*{conf}", check=False)
+        pids = [int(p) for p in r.stdout.split()]
+        self.daemon_pids += pids
+        return pids
+
     def close(self) -> None:
         for proc in self.procs:
             stop(proc, timeout=10)
+        for pid in self.daemon_pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         self.namespaces.close()
         shutil.rmtree(self.sockdir, ignore_errors=True)
 
@@ -536,3 +549,28 @@ def test_sigterm_during_a_slow_post_up_undoes_everything(lab):
     assert proc.wait(15) == 128 + 15, lab.log_text()
     assert rules(ns, 4) == before[4] and rules(ns, 6) == before[6]
     assert table_routes(ns, 4, "51820") == "" and not link_exists(ns, name)
+
+
+@privileged
+def test_up_detaches_once_the_interface_is_up_and_down_stops_it(lab):
+    ns, name = lab.ns(), lab.name()
+    conf = lab.write_conf(name, conf_text(allowed="10.62.0.0/16"))
+    sock = os.path.join(lab.sockdir, f"{name}.sock")
+    start = time.monotonic()
+    r = run(*lab._cmd(ns, "up", "--socket-dir", lab.sockdir, str(conf)), env=lab.env,
+            timeout=30, check=False)  # fmt: skip
+    # It returned (so it let go of our stdout/stderr pipes) with the interface up, while
+    # the daemon it left behind keeps it up.
+    assert r.returncode == 0, r.stderr
+    assert time.monotonic() - start < 20
+    pids = lab.daemons(conf)
+    assert len(pids) == 1
+    assert link_exists(ns, name) and os.path.exists(sock)
+    assert name in lab.show(ns, name)
+    again = run(*lab._cmd(ns, "up", "--socket-dir", lab.sockdir, str(conf)), env=lab.env,
+                timeout=30, check=False)  # fmt: skip
+    assert again.returncode == 1 and "already up" in again.stderr, again.stderr
+    r = run(*lab._cmd(ns, "down", "--socket-dir", lab.sockdir, name), env=lab.env)
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: not os.path.exists(f"/proc/{pids[0]}"), 15, "the daemon to exit")
+    assert not link_exists(ns, name) and not os.path.exists(sock)
