@@ -53,9 +53,9 @@ from dataplane._crypto cimport (
 from dataplane._ident cimport unpad_batch
 from dataplane._libcrypto cimport EVP_CIPHER_CTX
 from dataplane.routing._lpm cimport LpmTable, LPM_NONE
-from dataplane.transport._sys cimport AF_INET, AF_INET6, htons, sockaddr_in, sockaddr_in6
+from dataplane.transport._sys cimport AF_INET6, sockaddr_in6
 from dataplane.transport._tun cimport TunIO, TUN_ERRNO_SLOTS
-from dataplane.transport._udp cimport BatchIO, UDP_ERRNO_SLOTS
+from dataplane.transport._udp cimport BatchIO, UDP_ERRNO_SLOTS, endpoint_to_sockaddr
 
 
 cdef extern from "<time.h>" nogil:
@@ -236,7 +236,7 @@ cdef class Express:
             sk = key
             addr = addr16
             p = &self.peers[<Py_ssize_t>peer]
-            p.salen = _sockaddr(self.udp_family(), &addr[0], port, &p.sa)
+            p.salen = endpoint_to_sockaddr(self.udp_family(), &addr[0], port, &p.sa)
             if p.salen == 0:
                 continue
             p.can_send = True
@@ -332,42 +332,37 @@ cdef class Express:
         ``due`` is when the bookkeeping of handled bursts is owed (0: nothing owed); the
         first handled burst sets it ``delay`` s ahead, and the call returns once it passed.
         """
-        cdef int err = 0, ms = 0
-        cdef Py_ssize_t n = 0
-        if batch.capacity > MAX_BATCH:
-            raise ValueError(f"batches of at most {MAX_BATCH} packets")
-        # The reader owns the batch and ``tun``; tables and sessions are used under the
-        # state lock, the shared socket object under the udp lock.
-        with nogil:
-            while True:
-                n = 0
-                if not self._wait_ms(timeout, due, &ms):
-                    break
-                n = tun.read_c(batch, ms, &err)
-                if n <= 0 or not self._outbound(batch):
-                    break
-                if due <= 0:
-                    due = monotonic() + delay
-        if n == 0 and err:
-            return -err, due
-        return n, due
+        return self._pump(tun, None, batch, timeout, due, delay)
 
     def pump_inbound(self, BatchIO udp not None, PacketBatch batch not None, double timeout,
                      double due=0.0, double delay=0.005):
         """Receive bursts from ``udp`` and deliver each whose every alive datagram is
         transport data of a session we hold; the rest as ``pump_outbound``."""
+        return self._pump(None, udp, batch, timeout, due, delay)
+
+    cdef tuple _pump(self, TunIO tun, BatchIO udp, PacketBatch batch, double timeout,
+                     double due, double delay):
+        # From the TUN device (``tun``) or the UDP socket (``udp``), whichever is given.
         cdef int err = 0, ms = 0
         cdef Py_ssize_t n = 0
+        cdef bint outbound = tun is not None
         if batch.capacity > MAX_BATCH:
             raise ValueError(f"batches of at most {MAX_BATCH} packets")
+        # The calling thread owns the batch and the object it reads; tables and sessions are
+        # used under the state lock, the shared transmit objects under theirs.
         with nogil:
             while True:
                 n = 0
                 if not self._wait_ms(timeout, due, &ms):
                     break
-                n = udp.recv_c(batch, ms, &err)
-                if n <= 0 or not self._inbound(batch):
-                    break
+                if outbound:
+                    n = tun.read_c(batch, ms, &err)
+                    if n <= 0 or not self._outbound(batch):
+                        break
+                else:
+                    n = udp.recv_c(batch, ms, &err)
+                    if n <= 0 or not self._inbound(batch):
+                        break
                 if due <= 0:
                     due = monotonic() + delay
         if n == 0 and err:
@@ -560,7 +555,8 @@ cdef class Express:
                 if p.rx_port != 0:
                     # Roaming takes effect at once, as in the device: a reply written a
                     # moment from now must already go to where the peer now is.
-                    salen = _sockaddr(self.udp_family(), p.rx_addr, p.rx_port, &roam_sa)
+                    salen = endpoint_to_sockaddr(self.udp_family(), p.rx_addr, p.rx_port,
+                                                 &roam_sa)
                     if salen and (salen != p.salen or memcmp(&roam_sa, &p.sa, salen) != 0):
                         p.sa = roam_sa
                         p.salen = salen
@@ -628,29 +624,3 @@ cdef object _endpoint(const uint8_t* a, uint16_t port):
             and a[10] == 0xFF and a[11] == 0xFF:
         return (f"{a[12]}.{a[13]}.{a[14]}.{a[15]}", port)
     return (str(ipaddress.IPv6Address(bytes(a[:16]))), port)
-
-
-cdef int _sockaddr(int family, const uint8_t* addr16, uint16_t port,
-                   sockaddr_in6* out) noexcept nogil:
-    """The sockaddr for a socket of ``family``; its length, 0 if impossible."""
-    cdef sockaddr_in* s4
-    cdef bint mapped = True
-    cdef int i
-    for i in range(10):
-        if addr16[i]:
-            mapped = False
-    if addr16[10] != 0xFF or addr16[11] != 0xFF:
-        mapped = False
-    memset(out, 0, sizeof(sockaddr_in6))
-    if family == AF_INET:
-        if not mapped:
-            return 0
-        s4 = <sockaddr_in*>out
-        s4.sin_family = AF_INET
-        s4.sin_port = htons(port)
-        memcpy(&s4.sin_addr.s_addr, addr16 + 12, 4)
-        return sizeof(sockaddr_in)
-    out.sin6_family = AF_INET6
-    out.sin6_port = htons(port)
-    memcpy(out.sin6_addr.s6_addr, addr16, 16)
-    return sizeof(sockaddr_in6)

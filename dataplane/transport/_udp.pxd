@@ -2,7 +2,7 @@
 """C-level view of BatchIO, for the established-session path to receive and send without
 the GIL and without a trip through Python."""
 
-from libc.stdint cimport uint8_t, uint32_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t
 from posix.uio cimport iovec
 
 from dataplane._batch cimport PacketBatch
@@ -10,6 +10,12 @@ from dataplane.transport._sys cimport mmsghdr, msghdr, sockaddr_in6
 
 cdef enum:
     UDP_ERRNO_SLOTS = 256     # size of the per-errno array send_c fills
+
+
+# The sockaddr for (address in the batch's endpoint form, port) on a socket of ``family``:
+# its length, 0 when impossible (an IPv6 destination on an IPv4 socket).
+cdef int endpoint_to_sockaddr(int family, const uint8_t* addr16, uint16_t port,
+                              sockaddr_in6* out) noexcept nogil
 
 
 cdef class BatchIO:

@@ -74,8 +74,8 @@ cdef inline void sockaddr_to_endpoint(const sockaddr_in6* sa, uint8_t* addr16,
         port[0] = ntohs(sa.sin6_port)
 
 
-cdef inline int endpoint_to_sockaddr(int family, const uint8_t* addr16, uint16_t port,
-                                     sockaddr_in6* out) noexcept nogil:
+cdef int endpoint_to_sockaddr(int family, const uint8_t* addr16, uint16_t port,
+                              sockaddr_in6* out) noexcept nogil:
     """Fill ``out`` for a socket of ``family``; returns the address length, 0 if impossible."""
     cdef sockaddr_in* s4
     memset(out, 0, sizeof(sockaddr_in6))
@@ -119,6 +119,20 @@ cdef inline Py_ssize_t udp_gro_size(msghdr* hdr) noexcept nogil:
             return size if size > 0 else 0
         cm = CMSG_NXTHDR(hdr, cm)
     return 0
+
+
+cdef inline int recvmmsg_now(int fd, mmsghdr* msgs, unsigned int n, int* err) noexcept nogil:
+    # What is ready, without waiting (EINTR retried); 0 and ``err`` set on failure.
+    cdef int got
+    while True:
+        got = recvmmsg(fd, msgs, n, MSG_DONTWAIT, NULL)
+        if got < 0 and errno == EINTR:
+            continue
+        break
+    if got < 0:
+        err[0] = errno
+        return 0
+    return got
 
 
 cdef inline int memcmp12(const uint8_t* a, const uint8_t* b) noexcept nogil:
@@ -300,14 +314,7 @@ cdef class BatchIO:
                     hdr.msg_namelen = sizeof(sockaddr_in6)
                     hdr.msg_control = self.gro_cmsg_buf + j * self.gro_cmsg_space
                     hdr.msg_controllen = self.gro_cmsg_space
-                while True:
-                    n = recvmmsg(self.fd, self.gro_msgs, GRO_MSGS, MSG_DONTWAIT, NULL)
-                    if n < 0 and errno == EINTR:
-                        continue
-                    break
-                if n < 0:
-                    err[0] = errno
-                    n = 0
+                n = recvmmsg_now(self.fd, self.gro_msgs, GRO_MSGS, err)
                 self.gro_held = <unsigned int>n
                 self.gro_next = 0
                 self.gro_piece = 0
@@ -377,14 +384,7 @@ cdef class BatchIO:
         if rc < 0:
             err[0] = -rc
         elif rc > 0:
-            while True:
-                n = recvmmsg(self.fd, self.rx_msgs, room, MSG_DONTWAIT, NULL)
-                if n < 0 and errno == EINTR:
-                    continue
-                break
-            if n < 0:
-                err[0] = errno
-                n = 0
+            n = recvmmsg_now(self.fd, self.rx_msgs, room, err)
         for j in range(<unsigned int>n):
             k = base + j
             batch.offsets[k] = <uint32_t>batch.headroom
