@@ -356,6 +356,16 @@ class RunningInterface:
                 dict(self.udp.socket.errors),
                 self.udp.rx_kernel_dropped,
             )
+        if self.express is not None:
+            ex = self.express
+            log.log(
+                level,
+                "established-session path: bursts out %d (declined %d), in %d (declined %d)",
+                ex.outbound_batches,
+                ex.outbound_declined,
+                ex.inbound_batches,
+                ex.inbound_declined,
+            )
 
     def close(self) -> None:
         """Tear everything down in reverse order; every step runs even if one fails."""
