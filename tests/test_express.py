@@ -314,3 +314,39 @@ def test_roaming_takes_effect_before_the_bookkeeping(rig):
         assert moved.recv(65536)[0] == 4  # a transport message, at the new address
     finally:
         moved.close()
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 2**64 - 1), st.binary(min_size=16, max_size=160)),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_forged_transport_messages_are_dropped_and_counted(rig, forged):
+    # Messages for b's real session (so the path takes them) with made-up counters and
+    # bodies: none authenticates, none reaches b's "TUN", each is counted once.
+    index = rig.b.core.device.peers[rig.b.peer].current.local_index
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    before = sum(rig.b.core.device.drops.values()) + sum(rig.b.core.drops.values())
+    try:
+        for counter, body in forged:
+            sender.sendto(
+                b"\x04\0\0\0" + index.to_bytes(4, "little") + counter.to_bytes(8, "little") + body,
+                rig.b.endpoint,
+            )
+        time.sleep(0.002)
+        handled, _ = rig.into("b")
+        assert handled
+    finally:
+        sender.close()
+    rig.account()
+    after = sum(rig.b.core.device.drops.values()) + sum(rig.b.core.drops.values())
+    assert after - before == len(forged)
+    rig.b.app.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        rig.b.app.recv(65536)
+    rig.b.app.settimeout(2)
