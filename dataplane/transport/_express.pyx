@@ -285,8 +285,9 @@ cdef class Express:
         """What went through since the last call (the caller holds the state lock):
         ``(peers, drops, udp_errors, tun_errors, delivered)`` with ``peers`` a list of
         (peer, tx_packets, tx_bytes, rx_data, rx_keepalives, rx_bytes, source endpoint of
-        the last datagram or None, whether it received after it last sent), the next three dicts reason/errno -> count, and the
-        packets written to the TUN device. Resets the counts."""
+        the last datagram or None, whether it received after it last sent), the next
+        three dicts reason/errno -> count, and the packets written to the TUN device.
+        Resets the counts."""
         cdef Py_ssize_t i
         cdef peer_t* p
         peers = []
