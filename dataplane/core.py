@@ -87,6 +87,8 @@ def _exclusive(method: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(method)
     def locked(self: DataPlane, *args: Any, **kwargs: Any) -> Any:
+        if self._express is None:  # the usual embedding: no lock, no context manager
+            return method(self, *args, **kwargs)
         with self._express_locked():
             return method(self, *args, **kwargs)
 
