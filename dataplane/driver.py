@@ -29,6 +29,11 @@ the next timer deadline earlier than the one SELECT sleeps towards, the driver i
 Overlay transports can likewise take their deliveries inline (``deliver_inline``), as
 underlay transports take their datagrams (``send_inline``).
 
+The TUN and UDP transports of ``dataplane up`` go further: bursts of established sessions
+never reach the driver (``transport/_express.pyx`` carries them in C); the driver sees
+what that path declines, and an empty batch now and then, whose UPDATE is the core's
+bookkeeping of what the path did (``transport/bookkeeping.py``).
+
 Threads: ``start()`` runs ``run()`` on a named thread; ``spawn()`` runs a transport's loop
 on a named thread owned by the driver. ``close()`` stops and joins them all. An exception
 in any of them is logged, recorded in ``errors`` and re-raised by ``raise_if_failed()``.
