@@ -51,6 +51,11 @@ cdef enum:
     ST_MAX = 32               # size of per-reason counter arrays
 
 
+# (address in the endpoint form of ``ep_addr``, port) -> the ``(ip, port)`` tuple the rest of
+# the code uses: a dotted quad for IPv4 (v4-mapped here), compressed text for IPv6.
+cdef object unpack_endpoint(const uint8_t* addr16, uint16_t port)
+
+
 cdef class PacketBatch:
     cdef readonly Py_ssize_t capacity
     cdef readonly Py_ssize_t slot_size

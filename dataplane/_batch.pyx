@@ -81,6 +81,14 @@ DEFAULT_TAILROOM = 32
 cdef bytes _V4_PREFIX = b"\x00" * 10 + b"\xff\xff"
 
 
+cdef object unpack_endpoint(const uint8_t* a, uint16_t port):
+    # IPv4 without ipaddress: it is the common underlay, and this runs per received batch.
+    if (a[0] | a[1] | a[2] | a[3] | a[4] | a[5] | a[6] | a[7] | a[8] | a[9]) == 0 \
+            and a[10] == 0xFF and a[11] == 0xFF:
+        return (f"{a[12]}.{a[13]}.{a[14]}.{a[15]}", port)
+    return (str(ipaddress.IPv6Address(a[:16])), port)
+
+
 @cython.auto_pickle(False)
 cdef class PacketBatch:
     """A batch of up to ``capacity`` packets in one slab.
@@ -326,10 +334,7 @@ cdef class PacketBatch:
     def endpoint(self, Py_ssize_t i):
         """Underlay endpoint ``(ip, port)`` of slot ``i``; IPv4 comes back as dotted quad."""
         i = self._norm(i)
-        raw = bytes(self.ep_addr[i])
-        if raw.startswith(_V4_PREFIX):
-            return (str(ipaddress.IPv4Address(raw[12:])), self.ep_port[i])
-        return (str(ipaddress.IPv6Address(raw)), self.ep_port[i])
+        return unpack_endpoint(&self.ep_addr[i, 0], self.ep_port[i])
 
     def set_endpoint(self, Py_ssize_t i, endpoint):
         i = self._norm(i)

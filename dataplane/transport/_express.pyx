@@ -33,8 +33,6 @@ closes the old socket only after swapping). The I/O itself happens outside ``sta
 no lock is ever held while waiting for another.
 """
 
-import ipaddress
-
 from cpython.pythread cimport (
     PyThread_type_lock, PyThread_allocate_lock, PyThread_free_lock, PyThread_acquire_lock,
     PyThread_release_lock, WAIT_LOCK,
@@ -44,7 +42,8 @@ from libc.stdlib cimport calloc, free, realloc
 from libc.string cimport memcmp, memcpy, memset
 
 from dataplane._batch cimport (
-    PacketBatch, ST_OK, ST_NO_ROUTE, ST_ROUTE_DROP, ST_SOURCE_FILTER, ST_BAD_IP,
+    PacketBatch, unpack_endpoint,
+    ST_OK, ST_NO_ROUTE, ST_ROUTE_DROP, ST_SOURCE_FILTER, ST_BAD_IP,
     ST_KEEPALIVE, ST_MAX,
 )
 from dataplane._crypto cimport (
@@ -298,7 +297,7 @@ cdef class Express:
                     continue
                 ep = None
                 if p.rx_data or p.rx_keepalives:
-                    ep = _endpoint(p.rx_addr, p.rx_port)
+                    ep = unpack_endpoint(p.rx_addr, p.rx_port)
                 peers.append((i, p.tx_packets, p.tx_bytes, p.rx_data, p.rx_keepalives,
                               p.rx_bytes, ep, p.last_rx > p.last_tx))
                 p.tx_packets = p.tx_bytes = p.rx_data = p.rx_keepalives = p.rx_bytes = 0
@@ -439,9 +438,20 @@ cdef class Express:
                                               p.counter[0], self.mtu, want[k])
                     sa[k] = p.sa
                     salen[k] = p.salen
+                # What was sealed counts as sent (as in the core); a datagram the socket
+                # refuses is counted per errno as well.
                 for i in range(count):
-                    if alive[i] and batch.status[i] != ST_OK:
+                    if not alive[i]:
+                        continue
+                    if batch.status[i] != ST_OK:
                         self.drops[batch.status[i]] += 1
+                        continue
+                    p = &self.peers[batch.peers[i]]
+                    p.tx_packets += 1
+                    p.tx_bytes += batch.lengths[i]
+                    p.last_tx = now
+                    p.touched = True
+                self.dirty = True
                 self.outbound_batches += 1
                 PyThread_release_lock(self.state_lock)
                 self._send(batch, want, sa, salen, npeer)
@@ -453,10 +463,8 @@ cdef class Express:
 
     cdef void _send(self, PacketBatch batch, int32_t* want, sockaddr_in6* sa, int* salen,
                     Py_ssize_t npeer) noexcept nogil:
-        cdef Py_ssize_t i, k, n, nbytes
-        cdef peer_t* p
+        cdef Py_ssize_t k
         cdef unsigned long long errs[UDP_ERRNO_SLOTS]
-        cdef double now
         memset(errs, 0, sizeof(errs))
         PyThread_acquire_lock(self.udp_lock, WAIT_LOCK)
         for k in range(npeer):
@@ -465,25 +473,20 @@ cdef class Express:
                 continue
             self.udp_tx.send_c(batch, &sa[k], salen[k], want[k], errs)
         PyThread_release_lock(self.udp_lock)
-        now = monotonic()
+        self._add_errors(self.udp_errs, errs, UDP_ERRNO_SLOTS)
+
+    cdef void _add_errors(self, unsigned long long* total, unsigned long long* errs,
+                          Py_ssize_t slots) noexcept nogil:
+        # Errors are rare: the state lock is taken again only when there are some.
+        cdef Py_ssize_t i
+        for i in range(slots):
+            if errs[i]:
+                break
+        else:
+            return
         PyThread_acquire_lock(self.state_lock, WAIT_LOCK)
-        # What was sealed counts as sent (as in the core): a refused datagram is counted
-        # per errno instead.
-        for k in range(npeer):
-            n = 0
-            nbytes = 0
-            for i in range(batch.count):
-                if batch.status[i] == ST_OK and batch.peers[i] == want[k]:
-                    n += 1
-                    nbytes += batch.lengths[i]
-            if want[k] < self.npeers and n:
-                p = &self.peers[want[k]]
-                p.tx_packets += n
-                p.tx_bytes += nbytes
-                p.last_tx = now
-                p.touched = True
-        for i in range(UDP_ERRNO_SLOTS):
-            self.udp_errs[i] += errs[i]
+        for i in range(slots):
+            total[i] += errs[i]
         self.dirty = True
         PyThread_release_lock(self.state_lock)
 
@@ -607,21 +610,9 @@ cdef class Express:
                 else:
                     errs[0] += alive
                 PyThread_release_lock(self.tun_lock)
-                PyThread_acquire_lock(self.state_lock, WAIT_LOCK)
-                for i in range(TUN_ERRNO_SLOTS):
-                    self.tun_errs[i] += errs[i]
-                PyThread_release_lock(self.state_lock)
+                self._add_errors(self.tun_errs, errs, TUN_ERRNO_SLOTS)
             batch.count = 0
             return True
         self.inbound_declined += 1
         PyThread_release_lock(self.state_lock)
         return False
-
-
-cdef object _endpoint(const uint8_t* a, uint16_t port):
-    # The form the device keeps endpoints in (``_wgbatch.endpoint``): a dotted quad for
-    # IPv4 (v4-mapped on the wire), the compressed text form for IPv6.
-    if (a[0] | a[1] | a[2] | a[3] | a[4] | a[5] | a[6] | a[7] | a[8] | a[9]) == 0 \
-            and a[10] == 0xFF and a[11] == 0xFF:
-        return (f"{a[12]}.{a[13]}.{a[14]}.{a[15]}", port)
-    return (str(ipaddress.IPv6Address(bytes(a[:16]))), port)

@@ -198,18 +198,6 @@ def new_drops(PacketBatch batch not None, bytes before not None):
     return out
 
 
-def endpoint(PacketBatch batch not None, Py_ssize_t i):
-    """``batch.endpoint(i)`` without ``ipaddress`` for IPv4 (the common underlay)."""
-    cdef const uint8_t* a
-    if not 0 <= i < batch.count:
-        return batch.endpoint(i)
-    a = &batch.ep_addr[i, 0]
-    if (a[0] | a[1] | a[2] | a[3] | a[4] | a[5] | a[6] | a[7] | a[8] | a[9]) == 0 \
-            and a[10] == 0xFF and a[11] == 0xFF:
-        return (f"{a[12]}.{a[13]}.{a[14]}.{a[15]}", batch.ep_port[i])
-    return batch.endpoint(i)
-
-
 def classify_batch(PacketBatch batch not None):
     """``status_snapshot`` then ``classify`` in one call: (snapshot, handshake slots, number
     of transport messages left alive for the sessions). With no transport message, the

@@ -700,9 +700,7 @@ class Device:
         data, keepalives, nbytes, last = _wgbatch.tally(batch, peer.id)
         if last < 0:
             return
-        self._note_received(
-            peer, data, keepalives, nbytes, _wgbatch.endpoint(batch, last), now, out
-        )
+        self._note_received(peer, data, keepalives, nbytes, batch.endpoint(last), now, out)
 
     def _note_received(
         self,
@@ -737,7 +735,7 @@ class Device:
     def _handshake_message(self, batch: PacketBatch, i: int, now: float, out: _Out) -> DropReason:
         msg = batch[i]
         kind = msg[0]
-        src = _wgbatch.endpoint(batch, i)
+        src = batch.endpoint(i)
         if kind == MESSAGE_COOKIE_REPLY:
             return self._consume_cookie_reply(msg, now)
         under_load = self.load_monitor.observe(now)
