@@ -18,11 +18,27 @@ this much, and the timers it arms fire seconds after the events they follow.
 from __future__ import annotations
 
 import time
+from typing import Any
 
-__all__ = ["ACCOUNT_DELAY", "bookkeeping_due"]
+from dataplane._batch import PacketBatch
+
+__all__ = ["ACCOUNT_DELAY", "bookkeeping_due", "hand_over"]
 
 ACCOUNT_DELAY = 0.005
 """Longest a transport thread defers the bookkeeping of handled bursts (seconds)."""
+
+
+def hand_over(port: Any, batch: PacketBatch, capacity: int, mtu: int) -> tuple[PacketBatch, bool]:
+    """Submit ``batch`` on the driver input ``port``; returns the batch to read into next
+    and whether the driver refused this one (its queue full).
+
+    A batch processed inline and let go of is read into again (no ~188 KB allocation per
+    read); one that was queued or delivered onwards is replaced by a fresh one.
+    """
+    refused = not port.submit(batch)
+    if not batch.recycle():
+        batch = PacketBatch(capacity, mtu=mtu)
+    return batch, refused
 
 
 def bookkeeping_due(due: float) -> bool:

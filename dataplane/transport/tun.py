@@ -49,7 +49,7 @@ from typing import Any
 from dataplane._batch import PacketBatch
 from dataplane.queues import QueueClosed
 from dataplane.transport._tun import TunIO
-from dataplane.transport.bookkeeping import ACCOUNT_DELAY, bookkeeping_due
+from dataplane.transport.bookkeeping import ACCOUNT_DELAY, bookkeeping_due, hand_over
 
 __all__ = ["TunDevice", "TunError", "TunTransport", "TUN_PATH"]
 
@@ -299,12 +299,8 @@ class TunTransport:
             if len(batch) or account:
                 # An empty batch only makes the core drain the path's tallies.
                 due = 0.0
-                if not self.handle.incoming.submit(batch):
-                    self.dropped_input_batches += 1
-                # Processed inline and let go of: read into the same slab again (no 188 KB
-                # allocation per read). Queued or delivered onwards: take a fresh one.
-                if not batch.recycle():
-                    batch = PacketBatch(self._capacity, mtu=dev.mtu)
+                batch, refused = hand_over(self.handle.incoming, batch, self._capacity, dev.mtu)
+                self.dropped_input_batches += refused
             elif not self._stop.is_set() and dev.gone:
                 log.warning("interface %s disappeared", dev.name)
                 if self._on_gone is not None:

@@ -32,7 +32,7 @@ from dataplane._batch import PacketBatch
 from dataplane.queues import QueueClosed
 from dataplane.results import Endpoint
 from dataplane.transport._udp import BatchIO
-from dataplane.transport.bookkeeping import ACCOUNT_DELAY, bookkeeping_due
+from dataplane.transport.bookkeeping import ACCOUNT_DELAY, bookkeeping_due, hand_over
 
 log = logging.getLogger(__name__)
 
@@ -296,11 +296,8 @@ class UdpTransport:
             if len(batch) or account:
                 # An empty batch only makes the core drain the path's tallies.
                 due = 0.0
-                if not self.handle.incoming.submit(batch):
-                    self.dropped_input_batches += 1
-                # Processed inline and let go of: receive into the same slab again.
-                if not batch.recycle():
-                    batch = PacketBatch(self._capacity, mtu=self._mtu)
+                batch, refused = hand_over(self.handle.incoming, batch, self._capacity, self._mtu)
+                self.dropped_input_batches += refused
 
     def _send_now(self, endpoint: Endpoint, batch: Any) -> None:
         with self._tx_lock:
