@@ -21,6 +21,7 @@ import subprocess
 import pytest
 
 from dataplane._batch import PacketBatch
+from dataplane.transport.ip_model import checksum
 from dataplane.transport.tun import TunDevice
 
 N = 64
@@ -29,23 +30,14 @@ NS = f"dpbtun{os.getpid() % 100000}"
 CLONE_NEWNET = 0x40000000
 
 
-def _csum(b: bytes) -> int:
-    if len(b) % 2:
-        b += b"\0"
-    t = sum(struct.unpack(f"!{len(b) // 2}H", b))
-    while t >> 16:
-        t = (t & 0xFFFF) + (t >> 16)
-    return ~t & 0xFFFF
-
-
 def echo_request(seq: int, size: int) -> bytes:
     icmp = struct.pack("!BBHHH", 8, 0, 0, 0x4242, seq) + b"x" * (size - 28)
-    icmp = icmp[:2] + struct.pack("!H", _csum(icmp)) + icmp[4:]
+    icmp = icmp[:2] + struct.pack("!H", checksum(icmp)) + icmp[4:]
     hdr = struct.pack(
         "!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), 0, 0x4000, 64, 1, 0,
         bytes([10, 96, 0, 2]), bytes([10, 96, 0, 1]),
     )  # fmt: skip
-    return hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:] + icmp
+    return hdr[:10] + struct.pack("!H", checksum(hdr)) + hdr[12:] + icmp
 
 
 @contextlib.contextmanager

@@ -17,6 +17,8 @@ import struct
 import sys
 from typing import NamedTuple
 
+from dataplane.transport.ip_model import checksum  # re-exported for the tests
+
 SCRIPT = r"""
 import ipaddress, os, select, socket, struct, sys, time
 target, count, interval, size, timeout, df = sys.argv[1:7]
@@ -67,16 +69,6 @@ def ping_cmd(
     """``ping -c count -i interval -s size -W timeout [-M do] target`` inside ``ns``."""
     args = [target, str(count), str(interval), str(size), str(timeout), "1" if df else "0"]
     return ["ip", "netns", "exec", ns, sys.executable, "-c", SCRIPT, *args]
-
-
-def checksum(b: bytes) -> int:
-    """The Internet checksum (RFC 1071)."""
-    if len(b) % 2:
-        b += b"\0"
-    t = sum(struct.unpack(f"!{len(b) // 2}H", b))
-    while t >> 16:
-        t = (t & 0xFFFF) + (t >> 16)
-    return ~t & 0xFFFF
 
 
 def echo_packet(

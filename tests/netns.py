@@ -29,6 +29,7 @@ import ctypes
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -46,6 +47,16 @@ INSTALL_HINT = {
     "ip": "apt-get install iproute2",
     "iperf3": "apt-get install iperf3",
 }
+
+
+def has_ipv6_loopback() -> bool:
+    """Whether this host can bind ::1 (some containers have no IPv6 at all)."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
 
 
 def require(purpose: str, *tools: str, tun: bool = True) -> None:

@@ -8,20 +8,12 @@ import threading
 import time
 
 import pytest
+from netns import has_ipv6_loopback
 
 from dataplane._batch import DropReason, PacketBatch
 from dataplane.driver import ThreadedDataPlane
 from dataplane.results import Output
 from dataplane.transport.udp import UdpSocket, UdpTransport
-
-
-def has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
 
 
 def recv_all(sock: UdpSocket, want: int, timeout: float = 2.0) -> PacketBatch:

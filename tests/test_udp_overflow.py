@@ -15,21 +15,13 @@ import struct
 import time
 
 import pytest
+from netns import has_ipv6_loopback
 
 from dataplane._batch import DropReason, PacketBatch
 from dataplane.transport.udp import UdpSocket
 
 FLOOD = 5000
 MARKER = b"marker"
-
-
-def has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
 
 
 FAMILIES = [
