@@ -27,10 +27,9 @@ import pytest
 
 from dataplane._batch import PacketBatch
 from dataplane.driver import ThreadedDataPlane
+from dataplane.netstack import OverlayNetwork, _ip
 from dataplane.results import Output
-from dataplane.transport import _ip
 from dataplane.transport import ip_model as model
-from dataplane.transport.sockets import OverlayNetwork
 
 N = 128
 SRC, DST = "100.64.0.1", "100.64.0.2"

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from dataplane.core import DataPlane
 from dataplane.driver import ThreadedDataPlane
-from dataplane.transport.sockets import OverlayNetwork
+from dataplane.netstack import OverlayNetwork
 from dataplane.transport.udp import UdpTransport
 from dataplane.wireguard.keys import PrivateKey
 

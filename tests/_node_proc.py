@@ -199,7 +199,7 @@ class OverlayNode:
     def __init__(self, args: argparse.Namespace) -> None:
         from dataplane.core import DataPlane
         from dataplane.driver import ThreadedDataPlane
-        from dataplane.transport.sockets import OverlayNetwork
+        from dataplane.netstack import OverlayNetwork
         from dataplane.transport.udp import UdpTransport
         from dataplane.wireguard.keys import PresharedKey, PrivateKey, PublicKey
 

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dataplane._batch import DropReason, PacketBatch
-from dataplane.transport import _ip
+from dataplane.netstack import _ip
 from dataplane.transport import ip_model as model
 
 V4 = ("100.64.0.1", "100.64.0.2")

@@ -9,10 +9,10 @@ import pytest
 
 from dataplane._batch import DropReason, PacketBatch
 from dataplane.driver import ThreadedDataPlane
+from dataplane.netstack import OverlayNetwork
 from dataplane.results import Output
 from dataplane.transport import ip_model as model
 from dataplane.transport.memory import MemoryOverlay, MemoryWire
-from dataplane.transport.sockets import OverlayNetwork
 
 EP_A = ("192.0.2.1", 51820)
 EP_B = ("2001:db8::2", 41641)

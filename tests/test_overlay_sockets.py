@@ -12,10 +12,10 @@ import pytest
 
 from dataplane._batch import DropReason, PacketBatch
 from dataplane.driver import ThreadedDataPlane
+from dataplane.netstack import EPHEMERAL_PORTS, OverlayNetwork
 from dataplane.results import Output
 from dataplane.transport import ip_model as model
 from dataplane.transport.memory import MemoryOverlay
-from dataplane.transport.sockets import EPHEMERAL_PORTS, OverlayNetwork
 
 A4, A6 = "100.64.0.1", "fd7a:115c:a1e0::1"
 PEER4, PEER6 = "100.64.0.9", "fd7a:115c:a1e0::9"

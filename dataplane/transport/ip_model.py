@@ -1,4 +1,4 @@
-"""Slow, obviously-correct reference for ``dataplane.transport._ip``: struct + RFC 1071.
+"""Slow, obviously-correct reference for ``dataplane.netstack._ip``: struct + RFC 1071.
 
 Theory of operation: every function here handles one packet as ``bytes`` with the
 standard library only, written straight from the RFCs (768 UDP, 791 IPv4, 792 ICMP,

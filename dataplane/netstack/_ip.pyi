@@ -1,4 +1,4 @@
-"""Typing stub for dataplane.transport._ip (see _ip.pyx)."""
+"""Typing stub for dataplane.netstack._ip (see _ip.pyx)."""
 
 from typing import Final
 

@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""C-level view of dataplane.transport._ip (IPv4/IPv6 + UDP headers, ICMP echo), for cimport.
+"""C-level view of dataplane.netstack._ip (IPv4/IPv6 + UDP headers, ICMP echo), for cimport.
 
 Addresses are 16 bytes everywhere, IPv4 as ``::ffff:a.b.c.d`` (as in PacketBatch.ep_addr).
 Every batch function considers only slots whose status is ST_OK and returns -1 without
@@ -12,26 +12,24 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t
 from dataplane._batch cimport PacketBatch
 
 
-cdef extern from "arpa/inet.h" nogil:
-    uint16_t htons(uint16_t)
+# The verdicts (V_*) and the IP-layer helpers are shared with _tcp (_inet.pxd).
+from dataplane.netstack._inet cimport (
+    DEFAULT_TTL,
+    V_BAD_CHECKSUM,
+    V_BAD_HEADER,
+    V_FRAGMENT,
+    V_N,
+    V_NOT_UDP,
+    V_OK,
+    V_SKIPPED,
+    V_TRUNCATED,
+)
 
 
-# Verdict of parse_udp_batch per slot: finer than the ST_* status it sets on the batch.
-# Keep in sync with _ip.pyx (Python names) and _ip.pyi.
 cdef enum:
-    V_OK = 0                # a well-formed UDP datagram; its fields are in the outputs
-    V_SKIPPED = 1           # the slot was already dropped before this stage
-    V_TRUNCATED = 2         # shorter than a header or than a length field claims
-    V_BAD_HEADER = 3        # not IPv4/IPv6, or a header field is impossible
-    V_NOT_UDP = 4           # a valid IP packet of another protocol (ICMP, TCP, ...)
-    V_FRAGMENT = 5          # an IPv4 fragment or an IPv6 packet with a Fragment header
-    V_BAD_CHECKSUM = 6      # IPv4 header or UDP checksum wrong (or zero over IPv6)
-    V_N = 7
-
     # Header sizes pushed in front of a payload.
     IPV4_UDP_HEADER = 28    # 20 IPv4 (no options) + 8 UDP
     IPV6_UDP_HEADER = 48    # 40 IPv6 + 8 UDP
-    DEFAULT_TTL = 64        # TTL / hop limit of packets we originate (RFC 1700 default)
 
 
 # Push IPv4 or IPv6 + UDP headers in front of every alive slot's payload. ``addrs`` holds

@@ -47,6 +47,23 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy
 
+from dataplane.netstack._inet cimport (
+    PROTO_ICMP,
+    PROTO_ICMPV6,
+    PROTO_UDP,
+    be16,
+    build_ip,
+    csum_add,
+    csum_fold,
+    csum_pseudo,
+    csum_store,
+    htons,
+    is_v4,
+    l4_pseudo,
+    locate_l4,
+    put16,
+)
+
 from dataplane._batch cimport (
     PacketBatch,
     ST_BAD_IP,
@@ -76,14 +93,6 @@ IPV6_HEADER = IPV6_UDP_HEADER
 TTL = DEFAULT_TTL
 
 cdef enum:
-    PROTO_ICMP = 1           # IANA protocol numbers
-    PROTO_UDP = 17
-    PROTO_ICMPV6 = 58
-    NH_HOP_BY_HOP = 0        # IPv6 extension headers we skip or refuse (RFC 8200 §4)
-    NH_ROUTING = 43
-    NH_FRAGMENT = 44
-    NH_DEST_OPTIONS = 60
-    MAX_EXT_HEADERS = 8      # bound on the extension header walk (hostile chains)
     ICMP_ECHO_REPLY = 0
     ICMP_ECHO_REQUEST = 8
     ICMPV6_ECHO_REQUEST = 128
@@ -99,76 +108,10 @@ cdef uint8_t[7] _STATUS_OF = [ST_OK, ST_OK, ST_TOO_SHORT, ST_BAD_IP, ST_BAD_TYPE
                               ST_FRAGMENT, ST_BAD_CHECKSUM]
 
 
-# -- byte helpers -----------------------------------------------------------------------
-
-cdef inline uint16_t _be16(const uint8_t* p) noexcept nogil:
-    return (<uint16_t>p[0] << 8) | p[1]
-
-
-cdef inline void _put16(uint8_t* p, uint16_t v) noexcept nogil:
-    p[0] = <uint8_t>(v >> 8)
-    p[1] = <uint8_t>(v & 0xFF)
-
-
-cdef inline bint _is_v4(const uint8_t* a16) noexcept nogil:
-    return memcmp(a16, _MAPPED, 12) == 0
-
-
-# -- RFC 1071 checksum ----------------------------------------------------------------------
-
-cdef inline uint64_t _sum(const uint8_t* p, Py_ssize_t n, uint64_t acc) noexcept nogil:
-    # Native-order words; an odd last byte counts as the first byte of a zero-padded word.
-    # Each region summed starts at an even offset of the checksummed data.
-    cdef uint64_t w
-    cdef uint32_t w32
-    cdef uint16_t w16
-    while n >= 8:
-        memcpy(&w, p, 8)
-        acc += <uint32_t>w
-        acc += w >> 32
-        p += 8
-        n -= 8
-    if n >= 4:
-        memcpy(&w32, p, 4)
-        acc += w32
-        p += 4
-        n -= 4
-    if n >= 2:
-        memcpy(&w16, p, 2)
-        acc += w16
-        p += 2
-        n -= 2
-    if n:
-        w16 = 0
-        memcpy(&w16, p, 1)
-        acc += w16
-    return acc
-
-
-cdef inline uint16_t _fold(uint64_t acc) noexcept nogil:
-    while acc >> 16:
-        acc = (acc & 0xFFFFU) + (acc >> 16)
-    return <uint16_t>acc
-
-
-cdef inline uint64_t _pseudo(const uint8_t* src, const uint8_t* dst, Py_ssize_t alen,
-                             uint32_t l4len, uint8_t proto) noexcept nogil:
-    # IPv4 (RFC 768): src, dst, zero, proto, 16-bit length. IPv6 (RFC 8200 §8.1): src,
-    # dst, 32-bit length, 3 zero bytes, next header. Both are the same sum of words.
-    cdef uint64_t acc = _sum(src, alen, 0)
-    acc = _sum(dst, alen, acc)
-    acc += htons(<uint16_t>(l4len >> 16)) + htons(<uint16_t>(l4len & 0xFFFF))
-    acc += htons(proto)
-    return acc
-
-
-cdef inline void _store_csum(uint8_t* field, uint64_t acc) noexcept nogil:
-    cdef uint16_t c = <uint16_t>~_fold(acc)
-    memcpy(field, &c, 2)
-
+# -- RFC 1071 checksum (the sum itself is in _inet.pxd) -----------------------------
 
 cdef uint16_t internet_checksum(const uint8_t* p, Py_ssize_t n) noexcept nogil:
-    cdef uint16_t c = <uint16_t>~_fold(_sum(p, n, 0))
+    cdef uint16_t c = <uint16_t>~csum_fold(csum_add(p, n, 0))
     return htons(c)
 
 
@@ -178,14 +121,12 @@ cdef inline uint8_t _push_one(uint8_t* slot, uint32_t* off, uint32_t* length,
                               const uint8_t* a, const uint16_t* ports) noexcept nogil:
     cdef const uint8_t* src = a
     cdef const uint8_t* dst = a + 16
-    cdef bint v4 = _is_v4(src)
+    cdef bint v4 = is_v4(src)
     cdef uint32_t plen = length[0]
     cdef uint32_t hl, ulen
-    cdef uint8_t* p
     cdef uint8_t* u
-    cdef uint64_t acc
     cdef uint16_t c
-    if v4 != _is_v4(dst):
+    if v4 != is_v4(dst):
         return ST_BAD_IP
     hl = IPV4_UDP_HEADER if v4 else IPV6_UDP_HEADER
     if off[0] < hl:
@@ -194,38 +135,13 @@ cdef inline uint8_t _push_one(uint8_t* slot, uint32_t* off, uint32_t* length,
     if plen + (IPV4_UDP_HEADER if v4 else 8) > 0xFFFF:
         return ST_TOO_BIG
     ulen = plen + 8
-    p = slot + off[0] - hl
-    if v4:
-        p[0] = 0x45                     # version 4, IHL 5 (no options)
-        p[1] = 0
-        _put16(p + 2, <uint16_t>(plen + IPV4_UDP_HEADER))
-        _put16(p + 4, 0)                # ID 0: atomic datagram, DF set (RFC 6864 §4.1)
-        _put16(p + 6, 0x4000)
-        p[8] = DEFAULT_TTL
-        p[9] = PROTO_UDP
-        _put16(p + 10, 0)
-        memcpy(p + 12, src + 12, 4)
-        memcpy(p + 16, dst + 12, 4)
-        _store_csum(p + 10, _sum(p, 20, 0))
-        u = p + 20
-        acc = _pseudo(src + 12, dst + 12, 4, ulen, PROTO_UDP)
-    else:
-        p[0] = 0x60                     # version 6, traffic class 0, flow label 0
-        p[1] = 0
-        p[2] = 0
-        p[3] = 0
-        _put16(p + 4, <uint16_t>ulen)
-        p[6] = PROTO_UDP
-        p[7] = DEFAULT_TTL
-        memcpy(p + 8, src, 16)
-        memcpy(p + 24, dst, 16)
-        u = p + 40
-        acc = _pseudo(src, dst, 16, ulen, PROTO_UDP)
-    _put16(u, ports[0])
-    _put16(u + 2, ports[1])
-    _put16(u + 4, <uint16_t>ulen)
-    _put16(u + 6, 0)
-    c = <uint16_t>~_fold(_sum(u, ulen, acc))
+    u = slot + off[0] - 8
+    build_ip(u - (hl - 8), src, dst, PROTO_UDP, ulen)
+    put16(u, ports[0])
+    put16(u + 2, ports[1])
+    put16(u + 4, <uint16_t>ulen)
+    put16(u + 6, 0)
+    c = <uint16_t>~csum_fold(csum_add(u, ulen, l4_pseudo(src, dst, ulen, PROTO_UDP)))
     if c == 0:
         c = 0xFFFF                      # 0 means "no checksum" (RFC 768)
     memcpy(u + 6, &c, 2)
@@ -263,75 +179,12 @@ cdef Py_ssize_t push_udp_batch(PacketBatch batch, const uint8_t* addrs, Py_ssize
 
 # -- parsing ------------------------------------------------------------------------------
 
-cdef inline uint8_t _locate(const uint8_t* p, uint32_t n, bint* v4, uint32_t* l4off,
-                            uint32_t* l4end, uint8_t* proto) noexcept nogil:
-    """Validate the IP layer of p[0:n]; find the upper-layer header and the packet's end."""
-    cdef uint32_t ihl, total, end, off, hlen
-    cdef uint8_t nh
-    cdef int _hop
-    if n < 1:
-        return V_TRUNCATED
-    if (p[0] >> 4) == 4:
-        if n < 20:
-            return V_TRUNCATED
-        ihl = (p[0] & 0x0F) * 4
-        total = _be16(p + 2)
-        if ihl < 20 or total < ihl:
-            return V_BAD_HEADER
-        if total > n:
-            return V_TRUNCATED
-        if _fold(_sum(p, ihl, 0)) != 0xFFFF:
-            return V_BAD_CHECKSUM
-        if _be16(p + 6) & 0x3FFF:       # MF flag or a fragment offset
-            return V_FRAGMENT
-        v4[0] = True
-        l4off[0] = ihl
-        l4end[0] = total
-        proto[0] = p[9]
-        return V_OK
-    if (p[0] >> 4) == 6:
-        if n < 40:
-            return V_TRUNCATED
-        end = 40 + <uint32_t>_be16(p + 4)
-        if end > n:
-            return V_TRUNCATED
-        # IPv4-mapped addresses must not appear on the wire (RFC 4291 §2.5.5.2); they
-        # would also alias our IPv4 addresses in the 16-byte tables.
-        if _is_v4(p + 8) or _is_v4(p + 24):
-            return V_BAD_HEADER
-        nh = p[6]
-        off = 40
-        for _hop in range(MAX_EXT_HEADERS):
-            if nh == NH_HOP_BY_HOP or nh == NH_ROUTING or nh == NH_DEST_OPTIONS:
-                if off + 8 > end:
-                    return V_TRUNCATED
-                # A routing header with segments left means we are not the final
-                # destination; forwarding is not our job (RFC 8200 §4.4).
-                if nh == NH_ROUTING and p[off + 3] != 0:
-                    return V_BAD_HEADER
-                hlen = (<uint32_t>p[off + 1] + 1) * 8
-                if off + hlen > end:
-                    return V_TRUNCATED
-                nh = p[off]
-                off += hlen
-            elif nh == NH_FRAGMENT:
-                return V_FRAGMENT
-            else:
-                v4[0] = False
-                l4off[0] = off
-                l4end[0] = end
-                proto[0] = nh
-                return V_OK
-        return V_BAD_HEADER
-    return V_BAD_HEADER
-
-
 cdef inline uint8_t _parse_one(const uint8_t* p, uint32_t n, uint8_t* a, uint16_t* ports,
                                uint32_t* span) noexcept nogil:
     cdef bint v4 = False
     cdef uint32_t off = 0, end = 0, ulen
     cdef uint8_t proto = 0
-    cdef uint8_t v = _locate(p, n, &v4, &off, &end, &proto)
+    cdef uint8_t v = locate_l4(p, n, &v4, &off, &end, &proto)
     cdef const uint8_t* u
     cdef const uint8_t* src
     cdef const uint8_t* dst
@@ -343,7 +196,7 @@ cdef inline uint8_t _parse_one(const uint8_t* p, uint32_t n, uint8_t* a, uint16_
     if end - off < 8:
         return V_TRUNCATED
     u = p + off
-    ulen = _be16(u + 4)
+    ulen = be16(u + 4)
     if ulen < 8:
         return V_BAD_HEADER
     if ulen > end - off:
@@ -356,10 +209,10 @@ cdef inline uint8_t _parse_one(const uint8_t* p, uint32_t n, uint8_t* a, uint16_
         src = p + 8
         dst = p + 24
         alen = 16
-    if _be16(u + 6) == 0:
+    if be16(u + 6) == 0:
         if not v4:
             return V_BAD_CHECKSUM       # RFC 8200 §8.1: zero UDP checksums are discarded
-    elif _fold(_sum(u, ulen, _pseudo(src, dst, alen, ulen, PROTO_UDP))) != 0xFFFF:
+    elif csum_fold(csum_add(u, ulen, csum_pseudo(src, dst, alen, ulen, PROTO_UDP))) != 0xFFFF:
         return V_BAD_CHECKSUM
     if v4:
         memcpy(a, _MAPPED, 12)
@@ -369,8 +222,8 @@ cdef inline uint8_t _parse_one(const uint8_t* p, uint32_t n, uint8_t* a, uint16_
     else:
         memcpy(a, src, 16)
         memcpy(a + 16, dst, 16)
-    ports[0] = _be16(u)
-    ports[1] = _be16(u + 2)
+    ports[0] = be16(u)
+    ports[1] = be16(u + 2)
     span[0] = off + 8
     span[1] = ulen - 8
     return V_OK
@@ -438,7 +291,8 @@ cdef inline bint _echo_one(uint8_t* p, uint32_t n, const uint8_t* ours, Py_ssize
     cdef uint8_t proto = 0
     cdef uint8_t[16] tmp
     cdef uint8_t* icmp
-    if _locate(p, n, &v4, &off, &end, &proto) != V_OK:
+    cdef uint64_t acc
+    if locate_l4(p, n, &v4, &off, &end, &proto) != V_OK:
         return False
     l4 = end - off
     if l4 < 8:
@@ -453,31 +307,32 @@ cdef inline bint _echo_one(uint8_t* p, uint32_t n, const uint8_t* ours, Py_ssize
         memcpy(tmp + 12, p + 16, 4)
         if not _ours(tmp, ours, n_ours) or not _unicast_source(p + 12, True):
             return False
-        if _fold(_sum(icmp, l4, 0)) != 0xFFFF:
+        if csum_fold(csum_add(icmp, l4, 0)) != 0xFFFF:
             return False
         memcpy(tmp, p + 12, 4)
         memcpy(p + 12, p + 16, 4)
         memcpy(p + 16, tmp, 4)
         p[8] = DEFAULT_TTL
-        _put16(p + 10, 0)
-        _store_csum(p + 10, _sum(p, off, 0))
+        put16(p + 10, 0)
+        csum_store(p + 10, csum_add(p, off, 0))
         icmp[0] = ICMP_ECHO_REPLY
-        _put16(icmp + 2, 0)
-        _store_csum(icmp + 2, _sum(icmp, l4, 0))
+        put16(icmp + 2, 0)
+        csum_store(icmp + 2, csum_add(icmp, l4, 0))
     else:
         if proto != PROTO_ICMPV6 or icmp[0] != ICMPV6_ECHO_REQUEST:
             return False
         if not _ours(p + 24, ours, n_ours) or not _unicast_source(p + 8, False):
             return False
-        if _fold(_sum(icmp, l4, _pseudo(p + 8, p + 24, 16, l4, PROTO_ICMPV6))) != 0xFFFF:
+        acc = csum_pseudo(p + 8, p + 24, 16, l4, PROTO_ICMPV6)
+        if csum_fold(csum_add(icmp, l4, acc)) != 0xFFFF:
             return False
         memcpy(tmp, p + 8, 16)
         memcpy(p + 8, p + 24, 16)
         memcpy(p + 24, tmp, 16)
         p[7] = DEFAULT_TTL
         icmp[0] = ICMPV6_ECHO_REPLY
-        _put16(icmp + 2, 0)
-        _store_csum(icmp + 2, _sum(icmp, l4, _pseudo(p + 8, p + 24, 16, l4, PROTO_ICMPV6)))
+        put16(icmp + 2, 0)
+        csum_store(icmp + 2, csum_add(icmp, l4, csum_pseudo(p + 8, p + 24, 16, l4, PROTO_ICMPV6)))
     new_len[0] = end                    # bytes after the IP length are not echoed
     return True
 
