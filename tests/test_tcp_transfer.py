@@ -8,7 +8,7 @@ without SACK and timestamps, over IPv4 and IPv6, with CUBIC and NewReno.
 from __future__ import annotations
 
 import pytest
-from tcp_sim import A, A6, B, B6, Impairment, Net, addr, transfer
+from tcp_sim import A6, B6, A, B, Impairment, Net, addr, transfer
 
 from dataplane.netstack.tcp import State, TcpLimits
 

@@ -833,11 +833,12 @@ class TcpStack:
         """An ICMP error about a segment we sent from ``local`` to ``remote`` carrying
         ``seq``. ``kind``: "port" / "protocol" (hard), "host" / "net" / "admin" (soft,
         hard for a connection still in SYN-SENT), "too_big" (with ``mtu``)."""
-        tcb = self.demux.lookup(local[0], local[1], remote[0], remote[1])
-        conn = self.conns.get(tcb.id) if tcb is not None else None
+        found = self.demux.lookup(local[0], local[1], remote[0], remote[1])
+        conn = self.conns.get(found.id) if found is not None else None
         if conn is None:
             self.drops["icmp_no_connection"] += 1
             return
+        tcb = conn.tcb
         # RFC 5927 §4.1: the quoted sequence number must be one we have outstanding.
         if not (
             not _seq_lt(seq, tcb.snd_una)
