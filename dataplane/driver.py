@@ -111,6 +111,14 @@ class InputPort:
         """Whether ``put`` would be refused right now."""
         return self._queue.full()
 
+    def wait_below(self, depth: int, timeout: float | None = None) -> bool:
+        """Wait until fewer than ``depth`` batches are queued; False after ``timeout``."""
+        return self._queue.wait_below(depth, timeout)
+
+    def pending(self) -> int:
+        """Batches queued for the driver (from every transport sharing the queue)."""
+        return len(self._queue)
+
     def wait_for_room(self, timeout: float | None = None) -> bool:
         """Wait until ``put`` would be accepted; False after ``timeout`` seconds."""
         return self._queue.wait_for_room(timeout)

@@ -52,6 +52,7 @@ class BatchQueue(Generic[T]):
         self._cond = cond if cond is not None else threading.Condition()
         self._closed = False
         self._room_waiters = 0
+        self._interrupted = False
         self.dropped = 0  # items refused
         self.dropped_packets = 0  # packets inside the refused items
         self.enqueued = 0
@@ -69,18 +70,29 @@ class BatchQueue(Generic[T]):
             return True
 
     def get(self, timeout: float | None = None) -> T | None:
-        """Next item, waiting up to ``timeout`` seconds (None = forever); None on timeout.
+        """Next item, waiting up to ``timeout`` seconds (None = forever); None on timeout
+        or after ``interrupt``.
 
         Raises ``QueueClosed`` once the queue is closed and empty.
         """
         with self._cond:
-            if not self._items and not self._closed:
-                self._cond.wait_for(lambda: self._items or self._closed, timeout)
+            if not self._items and not self._closed and not self._interrupted:
+                self._cond.wait_for(
+                    lambda: self._items or self._closed or self._interrupted, timeout
+                )
+            self._interrupted = False
             if self._items:
                 return self._pop_locked()
             if self._closed:
                 raise QueueClosed(self.name)
             return None
+
+    def interrupt(self) -> None:
+        """Make the consumer's current (or next) ``get`` return None at once: for a
+        consumer that also waits for something else (a timer that moved earlier)."""
+        with self._cond:
+            self._interrupted = True
+            self._cond.notify_all()
 
     def get_nowait(self) -> T | None:
         with self._cond:
@@ -108,6 +120,18 @@ class BatchQueue(Generic[T]):
             try:
                 return self._cond.wait_for(
                     lambda: self._closed or len(self._items) < self.maxlen, timeout
+                )
+            finally:
+                self._room_waiters -= 1
+
+    def wait_below(self, depth: int, timeout: float | None = None) -> bool:
+        """Block until fewer than ``depth`` items are queued (or the queue closes); False
+        on timeout. For producers that keep the queue short on purpose."""
+        with self._cond:
+            self._room_waiters += 1
+            try:
+                return self._cond.wait_for(
+                    lambda: self._closed or len(self._items) < depth, timeout
                 )
             finally:
                 self._room_waiters -= 1

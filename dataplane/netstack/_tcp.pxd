@@ -39,6 +39,7 @@ cdef enum:
     MAX_OOO = 32            # out-of-order ranges held by a receiver
     MAX_SACKED = 64         # SACKed ranges held by a sender's scoreboard
     MAX_SACK_BLOCKS = 4     # blocks one segment can carry (RFC 2018 §3)
+    MAX_UNREPORTED = 16     # new out-of-order ranges remembered until an ACK reports them
 
 
 # One parsed segment (``Segments`` holds an array of them, one per batch slot).
@@ -79,6 +80,7 @@ ctypedef struct tcb_t:
     uint16_t rport
     uint32_t batch_stamp    # batch number of the last input batch that matched it
     uint8_t slow_stamp_set  # a slow segment of the current batch was queued for Python
+    uint32_t flight_before  # snd_nxt - snd_una before the ACK being processed
 
     # send sequence space (§3.3.1)
     uint32_t iss
@@ -108,6 +110,7 @@ ctypedef struct tcb_t:
     uint32_t ts_recent      # RFC 7323 §4.3
     double ts_recent_time
     uint32_t ts_offset      # added to our millisecond clock (RFC 7323 §5.4)
+    uint32_t ts_last        # the last TSval sent: never go back (threads pass own `now`)
     uint32_t pmtu
 
     # round trip and retransmission timeout (RFC 6298, RFC 7323 appendix G)
@@ -168,6 +171,8 @@ ctypedef struct tcb_t:
     uint32_t n_recent       # SACK blocks to report, most recent first (RFC 2018 §4)
     uint32_t recent_l[MAX_SACK_BLOCKS]
     uint32_t recent_r[MAX_SACK_BLOCKS]
+    uint32_t n_unrep        # out-of-order ranges (by a left edge) no ACK has reported yet
+    uint32_t unrep[MAX_UNREPORTED]
     uint32_t unacked        # bytes received since our last ACK
     uint32_t quickacks      # segments still to be ACKed at once (start of connection)
 

@@ -57,7 +57,14 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcmp, memcpy, memset
 
-from dataplane._batch cimport PacketBatch, ST_BAD_CHECKSUM, ST_BAD_IP, ST_OK, ST_TOO_SHORT
+from dataplane._batch cimport (
+    PacketBatch,
+    ST_BAD_CHECKSUM,
+    ST_BAD_IP,
+    ST_CONSUMED,
+    ST_OK,
+    ST_TOO_SHORT,
+)
 from dataplane.netstack._inet cimport (
     PROTO_TCP,
     V_OK,
@@ -82,7 +89,7 @@ cdef enum:
     SV_SKIPPED = 1          # already dropped before this stage
     SV_TRUNCATED = 2
     SV_BAD_HEADER = 3
-    SV_NOT_TCP = 4
+    SV_NOT_TCP = 4          # not valid IP carrying TCP: left untouched for others
     SV_FRAGMENT = 5
     SV_BAD_CHECKSUM = 6
     SV_BAD_OPTIONS = 7      # an option runs past the header or has an impossible length
@@ -95,6 +102,8 @@ VERDICT_NAMES = ("ok", "skipped", "truncated", "bad_header", "not_tcp", "fragmen
                  "bad_checksum", "bad_options", "bad_address", "fast", "slow")
 FAST = SV_FAST
 SLOW = SV_SLOW
+NOT_TCP = SV_NOT_TCP
+SKIPPED = SV_SKIPPED
 
 # Flags of a TCB (tcb_t.flags).
 cdef enum:
@@ -117,6 +126,8 @@ cdef enum:
     F_OFFER_WS = 1 << 16
     F_SHUT_RD = 1 << 17     # the application will not read: data is discarded
     F_RETX_NOW = 1 << 18    # retransmit the first lost segment whatever cwnd says
+    F_THROTTLED = 1 << 19   # the last output stopped at its budget with more to send
+    F_CWND_LIMITED = 1 << 20  # the last output stopped at cwnd with data to send
 
 # Events for the Python side (tcb_t.events), cleared by it.
 cdef enum:
@@ -237,6 +248,17 @@ cdef inline uint32_t ts_clock(tcb_t* t, double now) noexcept nogil:
     return <uint32_t>(<uint64_t>(now * 1000.0)) + t.ts_offset
 
 
+cdef inline uint32_t ts_value(tcb_t* t, double now) noexcept nogil:
+    # TSval for a segment: the clock, never behind one already sent (callers on
+    # different threads read their `now` before taking the stack's lock, so the values
+    # can arrive out of order; a TSval going back would trip the peer's PAWS).
+    cdef uint32_t v = ts_clock(t, now)
+    if lt(v, t.ts_last):
+        v = t.ts_last
+    t.ts_last = v
+    return v
+
+
 # -- byte rings -----------------------------------------------------------------------------
 
 cdef inline void ring_put(uint8_t* buf, uint32_t cap, uint32_t pos, const uint8_t* src,
@@ -307,9 +329,9 @@ cdef uint8_t parse_segment(const uint8_t* p, uint32_t n, seg_t* s) noexcept nogi
     cdef const uint8_t* th
     cdef uint8_t kind
     s.conn = -1
-    if v != V_OK:
-        return v
-    if proto != PROTO_TCP:
+    if v != V_OK or proto != PROTO_TCP:
+        # Not a valid IP packet carrying TCP: whoever handles the rest (the overlay's IP
+        # and UDP layer) judges and counts it.
         return SV_NOT_TCP
     l4len = end - off
     if l4len < TCP_HEADER:
@@ -562,6 +584,10 @@ cdef void _cc_on_ack(tcb_t* t, uint32_t acked, double now) noexcept nogil:
     cdef double cw, target, tt, inc
     if t.flags & F_RECOVERY or acked == 0:
         return                          # fast recovery: cwnd stays at ssthresh
+    # Grow only a window that is used (RFC 7661 §4.3, Linux's tcp_is_cwnd_limited):
+    # an application- or receiver-limited sender would otherwise inflate cwnd for ever.
+    if not (t.flags & F_CWND_LIMITED) and 2 * t.flight_before < t.cwnd:
+        return
     if t.cwnd < t.ssthresh:
         t.cwnd += acked                 # slow start (Linux: every byte acknowledged counts)
         if t.cwnd <= t.ssthresh:
@@ -707,6 +733,7 @@ cdef uint8_t _ack(tcb_t* t, seg_t* s, double now) noexcept nogil:
         _sack_received(t, s)
     if gt(ack, t.snd_una):
         acked = ack - t.snd_una
+        t.flight_before = t.snd_nxt - t.snd_una
         t.snd_una = ack
         t.probes = 0
         t.retries = 0
@@ -836,6 +863,61 @@ cdef uint32_t _ooo_insert(tcb_t* t, uint32_t lo, uint32_t hi) noexcept nogil:
     return i
 
 
+cdef inline void _unreported(tcb_t* t, uint32_t left) noexcept nogil:
+    # Remember a changed out-of-order range until an ACK reports it: the receiver ACKs
+    # once per batch, and a batch can open more ranges than one ACK's SACK option holds;
+    # a range never reported looks lost to the sender, which would resend it.
+    cdef uint32_t i
+    for i in range(t.n_unrep):
+        if t.unrep[i] == left:
+            return
+    if t.n_unrep < MAX_UNREPORTED:
+        t.unrep[t.n_unrep] = left
+        t.n_unrep += 1
+
+
+cdef uint32_t _sack_fill(tcb_t* t, uint32_t* ls, uint32_t* rs, uint32_t most) noexcept nogil:
+    """The SACK blocks of the next ACK: the newest range first (RFC 2018 §4), then ranges
+    not yet reported, then the other recent ones."""
+    cdef uint32_t n = 0, i, j, k, e
+    cdef bint dup
+    if t.n_recent and gt(t.recent_r[0], t.rcv_nxt):
+        ls[0] = t.recent_l[0]
+        rs[0] = t.recent_r[0]
+        n = 1
+    i = 0
+    while i < t.n_unrep and n < most:
+        e = t.unrep[i]
+        # drop the entry; report the range that holds its edge now
+        t.n_unrep -= 1
+        t.unrep[i] = t.unrep[t.n_unrep]
+        for k in range(t.n_ooo):
+            if le(t.ooo_l[k], e) and lt(e, t.ooo_r[k]):
+                dup = False
+                for j in range(n):
+                    if ls[j] == t.ooo_l[k]:
+                        dup = True
+                if not dup:
+                    ls[n] = t.ooo_l[k]
+                    rs[n] = t.ooo_r[k]
+                    n += 1
+                break
+    for i in range(1, t.n_recent):
+        if n >= most:
+            break
+        if le(t.recent_r[i], t.rcv_nxt):
+            continue
+        dup = False
+        for j in range(n):
+            if ls[j] == t.recent_l[i]:
+                dup = True
+        if not dup:
+            ls[n] = t.recent_l[i]
+            rs[n] = t.recent_r[i]
+            n += 1
+    return n
+
+
 cdef bint _rb_ensure(tcb_t* t) noexcept nogil:
     if t.rb_buf != NULL:
         return True
@@ -931,6 +1013,7 @@ cdef void _text(tcb_t* t, seg_t* s, const uint8_t* payload, double now) noexcept
             ring_put(t.rb_buf, t.rb_cap, t.rb_head + t.rb_len + at, payload, n)
             t.ooo_segs += 1
             _recent_block(t, t.ooo_l[k], t.ooo_r[k])
+            _unreported(t, t.ooo_l[k])
         t.flags |= F_ACK_NOW            # RFC 5681 §4.2: a duplicate ACK at once
     t.events |= EV_OUTPUT
 
@@ -968,6 +1051,8 @@ cdef bint _emit(tcb_t* t, PacketBatch b, uint32_t seq, uint32_t plen, uint8_t fl
     """Build one segment into the next slot of ``b``; False when there is no slot."""
     cdef Py_ssize_t i = b.count
     cdef uint32_t hl, optlen = 0, total, nblocks = 0, k, o, l4len
+    cdef uint32_t bl[MAX_SACK_BLOCKS]
+    cdef uint32_t br[MAX_SACK_BLOCKS]
     cdef uint8_t* p
     cdef uint8_t* th
     cdef bint syn = (flags & TH_SYN) != 0
@@ -983,9 +1068,10 @@ cdef bint _emit(tcb_t* t, PacketBatch b, uint32_t seq, uint32_t plen, uint8_t fl
     else:
         if t.flags & F_TS:
             optlen = 12
-        if flags & TH_ACK and t.flags & F_SACK and t.n_recent:
-            nblocks = umin(t.n_recent, 3 if t.flags & F_TS else 4)
-            optlen += 4 + 8 * nblocks
+        if flags & TH_ACK and t.flags & F_SACK and t.n_ooo and not (flags & TH_RST):
+            nblocks = _sack_fill(t, bl, br, 3 if t.flags & F_TS else 4)
+            if nblocks:
+                optlen += 4 + 8 * nblocks
     l4len = TCP_HEADER + optlen + plen
     total = hl + l4len
     if b.headroom + total + b.tailroom > b.slot_size:
@@ -1025,7 +1111,7 @@ cdef bint _emit(tcb_t* t, PacketBatch b, uint32_t seq, uint32_t plen, uint8_t fl
         if t.flags & F_OFFER_TS:
             th[o] = OPT_TS
             th[o + 1] = 10
-            put32(th + o + 2, ts_clock(t, now))
+            put32(th + o + 2, ts_value(t, now))
             put32(th + o + 6, t.ts_recent if flags & TH_ACK else 0)
             o += 10
         if t.flags & F_OFFER_WS:
@@ -1040,7 +1126,7 @@ cdef bint _emit(tcb_t* t, PacketBatch b, uint32_t seq, uint32_t plen, uint8_t fl
             th[o + 1] = OPT_NOP
             th[o + 2] = OPT_TS
             th[o + 3] = 10
-            put32(th + o + 4, ts_clock(t, now))
+            put32(th + o + 4, ts_value(t, now))
             put32(th + o + 8, t.ts_recent)
             o += 12
         if nblocks:
@@ -1050,8 +1136,8 @@ cdef bint _emit(tcb_t* t, PacketBatch b, uint32_t seq, uint32_t plen, uint8_t fl
             th[o + 3] = <uint8_t>(2 + 8 * nblocks)
             o += 4
             for k in range(nblocks):
-                put32(th + o, t.recent_l[k])
-                put32(th + o + 4, t.recent_r[k])
+                put32(th + o, bl[k])
+                put32(th + o + 4, br[k])
                 o += 8
     if plen:
         ring_get(t.sb_buf, t.sb_cap, t.sb_head + (seq - t.sb_seq), th + o, plen)
@@ -1094,13 +1180,13 @@ cdef Py_ssize_t _output(tcb_t* t, PacketBatch b, double now, Py_ssize_t budget) 
     """Append what the connection should send now to ``b``; returns segments built."""
     cdef Py_ssize_t built = 0
     cdef uint32_t seq = 0, ln = 0, data_end, pipe, wnd_end, avail
+    # ``budget`` bounds data segments; SYNs and pure ACKs always go.
     cdef uint8_t fl
     cdef bint retx, fin, forced
     if t.state == S_CLOSED or t.state == S_LISTEN:
         return 0
     if t.flags & F_SEND_SYN:
-        if budget <= 0 or not _emit(t, b, t.iss, 0,
-                                    TH_SYN | (TH_ACK if t.state == S_SYN_RECEIVED else 0), now):
+        if not _emit(t, b, t.iss, 0, TH_SYN | (TH_ACK if t.state == S_SYN_RECEIVED else 0), now):
             return 0
         t.flags &= ~F_SEND_SYN
         if t.snd_nxt == t.iss:
@@ -1147,7 +1233,9 @@ cdef Py_ssize_t _output(tcb_t* t, PacketBatch b, double now, Py_ssize_t budget) 
                     t.cwnd = _initial_window(t)   # slow start after idle (RFC 5681 §4.1)
         pipe = _pipe(t)
         if not forced and pipe and pipe + (ln if ln else 1) > t.cwnd:
+            t.flags |= F_CWND_LIMITED
             break
+        t.flags &= ~F_CWND_LIMITED
         # The FIN rides on the segment that reaches it.
         fin = t.flags & F_FIN_QUEUED and seq + ln >= t.fin_seq and ge(t.fin_seq, seq) \
             and (not retx or gt(t.snd_nxt, t.fin_seq))
@@ -1182,9 +1270,24 @@ cdef Py_ssize_t _output(tcb_t* t, PacketBatch b, double now, Py_ssize_t budget) 
             and lt(t.snd_nxt, data_end) and t.persist_at == 0):
         t.persist_at = now + _persist_interval(t)
         t.rto_at = 0
-    if t.flags & F_ACK_NOW and built < budget:
+    # The budget (the I/O layer's limit on segments queued locally) held data back.
+    if built >= budget and _can_send_data(t):
+        t.flags |= F_THROTTLED
+    else:
+        t.flags &= ~F_THROTTLED
+    if t.flags & F_ACK_NOW:             # ACKs are never held back
         if _emit(t, b, t.snd_nxt, 0, TH_ACK, now):
             built += 1
+    # Out-of-order ranges the ACKs so far did not report get ACKs of their own (what a
+    # receiver ACKing every segment would have said).
+    cdef int extra = 0
+    while t.n_unrep and t.n_ooo and t.flags & F_SACK and extra < 8 and built:
+        if not _emit(t, b, t.snd_nxt, 0, TH_ACK, now):
+            break
+        built += 1
+        extra += 1
+    if not t.n_ooo:
+        t.n_unrep = 0
     return built
 
 
@@ -1312,9 +1415,12 @@ cdef inline bint _fast_path_ok(tcb_t* t, seg_t* s, double now) noexcept nogil:
         return False
     if t.state == S_ESTABLISHED or t.state == S_FIN_WAIT_2:
         pass
-    elif t.state == S_CLOSE_WAIT:
-        if s.len:
-            return False
+    elif t.state == S_FIN_WAIT_1:
+        if gt(s.ack, t.fin_seq):
+            return False                # acknowledges our FIN: a state change
+    elif t.state == S_CLOSE_WAIT or t.state == S_CLOSING or t.state == S_LAST_ACK:
+        if s.len or (t.flags & F_FIN_QUEUED and gt(s.ack, t.fin_seq)):
+            return False                # no text in these states; or our FIN is acked
     else:
         return False
     if t.flags & F_TS:
@@ -1466,6 +1572,7 @@ cdef class Tcb:
         t.recover = iss
         t.high_rxt = iss
         t.ts_offset = ts_offset
+        t.ts_last = ts_offset
         t.pmtu = mtu
         hl = 20 if is_v4(t.laddr) else 40
         if mtu < hl + TCP_HEADER + 64:
@@ -1824,6 +1931,11 @@ cdef class Tcb:
         return self.t.sb_len
 
     @property
+    def throttled(self):
+        """The last ``output`` stopped at its budget with more to send."""
+        return bool(self.t.flags & F_THROTTLED)
+
+    @property
     def fin_received(self):
         return bool(self.t.flags & F_RFIN)
 
@@ -2037,7 +2149,8 @@ cdef class Demux:
         """Parse every alive slot, match it to its connection and run header prediction.
 
         Returns the ids of the connections touched (in first-seen order); slots with
-        verdict SLOW are for the state machine, in order. Drops get a batch status."""
+        verdict SLOW are for the state machine, in order. TCP slots get the batch status
+        ST_CONSUMED (or a drop status); other protocols' slots are left alive."""
         cdef Py_ssize_t n = batch.count, i
         cdef uint8_t v
         cdef seg_t* s
@@ -2072,6 +2185,9 @@ cdef class Demux:
                     s.conn = -1
                     continue
                 v = parse_segment(slab + i * size + batch.offsets[i], batch.lengths[i], s)
+                if v == SV_NOT_TCP:
+                    s.verdict = v               # someone else's (UDP, ICMP): untouched
+                    continue
                 if v != SV_OK:
                     s.verdict = v
                     batch.status[i] = (ST_BAD_CHECKSUM if v == SV_BAD_CHECKSUM else
@@ -2083,6 +2199,7 @@ cdef class Demux:
                 if c < 0:
                     s.verdict = SV_SLOW
                     self._counts[SV_SLOW] += 1
+                    batch.status[i] = ST_CONSUMED
                     continue
                 t = self.conns[c]
                 if t.batch_stamp != stamp:
@@ -2105,6 +2222,7 @@ cdef class Demux:
                     t.slow_stamp_set = 1
                     s.verdict = SV_SLOW
                     self._counts[SV_SLOW] += 1
+                batch.status[i] = ST_CONSUMED   # TCP's now (its payload stays readable)
         out = [touched[i] for i in range(n_touched)]
         free(touched)
         return out

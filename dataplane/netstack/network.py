@@ -42,31 +42,34 @@ import errno
 import ipaddress
 import itertools
 import logging
+import math
 import random
-import struct
+import socket
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from dataplane._batch import DEFAULT_HEADROOM, DEFAULT_TAILROOM, DropReason, PacketBatch
+from dataplane.netstack import icmp
 from dataplane.netstack._ip import (
     IPV4_HEADER,
     IPV6_HEADER,
     NOT_UDP,
     OK,
     SKIPPED,
-    TTL,
     VERDICT_NAMES,
     UdpParse,
-    checksum,
     echo_reply,
     pack_address,
     parse_udp,
     push_udp_each,
     unpack_address,
 )
+from dataplane.netstack.tcp import State, TcpLimits, TcpStack
+from dataplane.netstack.tcpsocket import TcpListener, TcpSocket, os_error, parse_endpoint
 from dataplane.queues import QueueClosed
 
 log = logging.getLogger(__name__)
@@ -89,6 +92,16 @@ SEND_BLOCK_TIMEOUT = 1.0
 dropped and counted (``send_backlog_full`` / ``input_queue_full``)."""
 
 POLL_INTERVAL = 0.5
+
+TX_PIPELINE = 512
+"""Segments TCP may have in our transmit queue before its connections hold data back,
+as Linux's TCP small queues bound what a socket has in the qdisc: queued segments count
+as in flight, so a sender that could queue its whole congestion window locally would
+measure the queue as round-trip time."""
+
+TX_DRIVER_QUEUE = 2
+"""Batches of ours the driver's input queue may hold before the flusher waits for it:
+the driver's queue is deep for bursts of other transports, not for a TCP backlog."""
 _MAPPED = b"\x00" * 10 + b"\xff\xff"
 _UNSET: Any = object()
 
@@ -272,6 +285,7 @@ class OverlayNetwork:
         mtu: int = DEFAULT_MTU,
         recv_queue: int = DEFAULT_RECV_QUEUE,
         name: str = "overlay",
+        tcp_limits: TcpLimits | None = None,
     ) -> None:
         packed: list[bytes] = []
         for text in addresses:
@@ -322,6 +336,16 @@ class OverlayNetwork:
         self._pings: dict[tuple[int, int], list[Any]] = {}
         self._ping_ident = self._rng.randrange(1, 0x10000)
         self._ping_seq = itertools.count(1)
+
+        # TCP: one lock over the sans-I/O stack; what it sends goes through an ordered
+        # queue that whoever holds _tx_flush_lock hands to the driver, outside the lock.
+        self._stack = TcpStack(packed, mtu=mtu, limits=tcp_limits)
+        self._tcp_lock = threading.Lock()
+        self._tx_fifo: deque[PacketBatch] = deque()
+        self._tx_queued = 0  # segments in _tx_fifo
+        self._tx_flush_lock = threading.Lock()
+        self._tcp_sleep_until = math.inf
+        self._bridges: Any = None
 
         self._parse = UdpParse(128)
         self._demux_lock = threading.Lock()
@@ -494,7 +518,7 @@ class OverlayNetwork:
         src = self._source_for(None, dst)
         seq = next(self._ping_seq) & 0xFFFF
         key = (self._ping_ident, seq)
-        packet = _echo_request(src, dst, self._ping_ident, seq, data)
+        packet = icmp.echo_request(src, dst, self._ping_ident, seq, data)
         if len(packet) > self.mtu:
             raise ValueError(f"ping of {len(packet)} bytes exceeds the overlay MTU {self.mtu}")
         done = threading.Event()
@@ -514,14 +538,33 @@ class OverlayNetwork:
             with self._ping_lock:
                 self._pings.pop(key, None)
 
-    def _match_pings(self, batch: PacketBatch, parse: UdpParse, now: float) -> int:
-        """Wake the ``ping`` callers whose replies are in ``batch``; returns how many."""
-        matched = 0
+    def _icmp(self, batch: PacketBatch, parse: UdpParse, now: float) -> int:
+        """Wake the ``ping`` callers whose replies are in ``batch`` and tell the TCP stack
+        of the errors about its segments; returns how many packets were either."""
+        matched = errors = 0
         verdicts = parse.verdicts
         for i in range(len(batch)):
             if verdicts[i] != NOT_UDP:
                 continue
-            key = _echo_reply_key(bytes(batch[i]))
+            pkt = bytes(batch[i])
+            error = icmp.parse_error(pkt)
+            if error is not None:
+                if error.local in self._ours:
+                    with self._tcp_lock:
+                        self._stack.icmp_error(
+                            (error.local, error.local_port),
+                            (error.remote, error.remote_port),
+                            error.seq,
+                            error.kind,
+                            error.mtu,
+                            now,
+                        )
+                        self._tcp_collect()
+                    errors += 1
+                continue
+            if not self._pings:
+                continue
+            key = icmp.echo_reply_key(pkt)
             if key is None:
                 continue
             with self._ping_lock:
@@ -531,16 +574,204 @@ class OverlayNetwork:
                 waiter[2] = now
                 waiter[0].set()
             matched += 1
+        if errors:
+            self._tcp_flush()
         self._count("echo_replies_received", matched)
-        return matched
+        self._count("icmp_errors_for_tcp", errors)
+        return matched + errors
+
+    # -- TCP ------------------------------------------------------------------------------
+
+    def create_connection(
+        self,
+        address: Any,
+        timeout: float | None = None,
+        source_address: Any = None,
+        *,
+        fd: bool = False,
+    ) -> Any:
+        """Connect to ``(ip, port)`` on the overlay, as ``socket.create_connection``:
+        returns a connected ``TcpSocket`` (or, with ``fd=True``, a real
+        ``socket.socket``) whose timeout is ``timeout``. ``source_address`` is an
+        ``(ip, port)`` of ours to connect from (port 0: ephemeral). Raises
+        ``ConnectionRefusedError``, ``TimeoutError``, ``OSError`` (ENETUNREACH,
+        EADDRNOTAVAIL, EADDRINUSE) as a kernel would."""
+        remote = parse_endpoint(address)
+        if remote[1] == 0:
+            raise os_error(errno.EINVAL, "cannot connect to port 0")
+        local = None
+        if source_address is not None:
+            src = parse_endpoint(source_address, "source_address")
+            local = (None if src[0] in (_ANY4, _ANY6) else src[0], src[1])
+        deadline = time.monotonic() + timeout if timeout is not None else None
+        with self._tcp_call() as stack:
+            if self._closed:
+                raise os_error(errno.EBADF, "overlay network is closed")
+            conn = stack.connect(remote, time.monotonic(), local)
+            sock = TcpSocket(self, conn, timeout)
+            while conn.state == State.SYN_SENT or conn.state == State.SYN_RECEIVED:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    stack.close(conn, time.monotonic(), abort=True)
+                    raise TimeoutError(f"connect to {address!r} timed out")
+                self._tcp_wait(sock._cond, remaining)
+            if conn.error:
+                err = conn.error
+                stack.close(conn, time.monotonic())
+                raise os_error(err, f"connect to {address!r}")
+        if fd:
+            return sock.socket()
+        return sock
+
+    def create_server(self, address: Any, *, backlog: int = 128) -> TcpListener:
+        """A listening TCP socket on ``(ip, port)`` (ip "" / "0.0.0.0" / "::": all our
+        addresses; port 0: an ephemeral one), as ``socket.create_server``."""
+        host = address[0] if isinstance(address, tuple) and address else None
+        if host in ("", None, "0.0.0.0", "::"):
+            packed: bytes | None = None
+            port = parse_endpoint(("0.0.0.0", address[1]))[1]
+            family = socket.AF_INET6 if host == "::" or self._src_v4 is None else socket.AF_INET
+        else:
+            packed, port = parse_endpoint(address)
+            if packed not in self._ours:
+                raise os_error(errno.EADDRNOTAVAIL, f"{host} is not one of {self.addresses}")
+            family = socket.AF_INET if packed.startswith(_MAPPED) else socket.AF_INET6
+        with self._tcp_call() as stack:
+            if self._closed:
+                raise os_error(errno.EBADF, "overlay network is closed")
+            if port == 0:
+                port = stack.ephemeral_listen_port(packed)
+            listener = stack.listen(packed, port, backlog)
+            return TcpListener(self, listener, family)
+
+    def tcp_stats(self) -> dict[str, Any]:
+        """The TCP stack's counters, drops by reason, connections by state."""
+        with self._tcp_lock:
+            return self._stack.stats()
+
+    @contextmanager
+    def _tcp_call(self) -> Iterator[TcpStack]:
+        """The TCP stack, locked; on the way out what it wants sent is queued (in order)
+        and the waiters it names are woken, and after the lock is released the queue goes
+        to the data plane."""
+        with self._tcp_lock:
+            self._stack.tx_room = self._tcp_room()
+            try:
+                yield self._stack
+            finally:
+                self._tcp_collect()
+        self._tcp_flush()
+
+    def _tcp_condition(self) -> threading.Condition:
+        return threading.Condition(self._tcp_lock)
+
+    def _tcp_wait(self, cond: threading.Condition, timeout: float | None) -> None:
+        """Wait on ``cond`` (TCP lock held) after sending what is queued: a caller that
+        queued data and then waits for the peer must not sit on its own segments."""
+        self._tcp_collect()
+        if self._tx_fifo:
+            self._tcp_lock.release()
+            try:
+                flushed = self._tcp_flush()
+            finally:
+                self._tcp_lock.acquire()
+            if flushed:
+                return  # the state may have moved meanwhile: the caller looks again
+            # else another thread is sending (ours too): wait as usual
+        cond.wait(timeout)
+
+    def _tcp_reschedule(self, conn: Any) -> None:
+        self._stack.reschedule(conn)
+
+    def _tcp_collect(self) -> None:
+        # TCP lock held.
+        stack = self._stack
+        out = stack.take_output()
+        if out:
+            self._tx_fifo.extend(out)
+            self._tx_queued += sum(len(b) for b in out)
+        for obj in stack.take_changed():
+            owner = obj.owner
+            if owner is not None:
+                owner._notify()
+        due = stack.next_deadline()
+        if due is not None and due < self._tcp_sleep_until:
+            self._tcp_sleep_until = due
+            self.handle.outgoing.interrupt()  # the demux thread sleeps too long
+
+    def _tcp_flush(self) -> bool:
+        """Hand the queued segments to the driver in order, one thread at a time; False
+        when another thread was doing it (it sends ours too)."""
+        fifo = self._tx_fifo
+        while True:
+            while fifo:
+                if not self._tx_flush_lock.acquire(blocking=False):
+                    return False  # the holder looks again after releasing
+                try:
+                    while True:
+                        try:
+                            batch = fifo.popleft()
+                        except IndexError:
+                            break
+                        self._tx_queued -= len(batch)
+                        port = self.handle.incoming
+                        if port.pending() >= TX_DRIVER_QUEUE and not self._closed:
+                            port.wait_below(TX_DRIVER_QUEUE, SEND_BLOCK_TIMEOUT)
+                        self._put(batch, len(batch), block=True)
+                finally:
+                    self._tx_flush_lock.release()
+            # The local queues drained: connections that held data back send on.
+            if not self._stack.throttled:
+                return True
+            with self._tcp_lock:
+                room = self._tcp_room()
+                if room <= 0:
+                    return True  # refilled meanwhile; its flusher resumes them
+                self._stack.resume(time.monotonic(), room)
+                self._tcp_collect()
+            if not fifo:
+                return True
+
+    def _tcp_room(self) -> int:
+        """Segments TCP may add to the local transmit queues now (see TX_PIPELINE)."""
+        return TX_PIPELINE - self._tx_queued
+
+    def _tcp_tick(self) -> float | None:
+        """Run the TCP timers that are due; seconds until the next one, or None."""
+        with self._tcp_lock:
+            now = time.monotonic()
+            stack = self._stack
+            stack.tx_room = self._tcp_room()
+            due = stack.next_deadline()
+            if due is not None and due <= now:
+                stack.timers(now)
+                due = stack.next_deadline()
+            if stack.throttled:
+                stack.resume(now, self._tcp_room())
+            self._tcp_sleep_until = math.inf  # collect must not interrupt us for these
+            self._tcp_collect()
+            self._tcp_sleep_until = due if due is not None else math.inf
+        self._tcp_flush()
+        if due is None:
+            return None
+        return max(0.0, due - time.monotonic())
+
+    def _bridge(self, sock: TcpSocket) -> Any:
+        from dataplane.netstack.fdbridge import FdBridge
+
+        with self._tcp_lock:
+            if self._bridges is None:
+                self._bridges = FdBridge(self)
+        return self._bridges.attach(sock)
 
     # -- receiving ------------------------------------------------------------------------
 
     def _demux_loop(self) -> None:
         out = self.handle.outgoing
         while True:
+            timeout = self._tcp_tick()
             try:
-                batch = out.get(timeout=POLL_INTERVAL)
+                batch = out.get(timeout=timeout)
             except QueueClosed:
                 return
             if batch is None:
@@ -568,6 +799,15 @@ class OverlayNetwork:
         now = time.monotonic()
         self._count("rx_packets", n)
         dead_before = n - len(batch.alive())
+        with self._tcp_lock:
+            self._stack.tx_room = self._tcp_room()
+            others = self._stack.input(batch, time.monotonic())
+            self._tcp_collect()
+        self._tcp_flush()
+        if not others:
+            if dead_before:
+                self._drop("dropped_before", dead_before)
+            return
 
         turned = echo_reply(batch, self._ours16)
         if turned:
@@ -587,9 +827,10 @@ class OverlayNetwork:
                 drops[VERDICT_NAMES[v]] += c
         if dead_before:
             drops["dropped_before"] += dead_before
-        if counts[NOT_UDP] and self._pings:
-            # Replies to our pings are not UDP, but expected: not drops.
-            drops["not_udp"] -= self._match_pings(batch, parse, now)
+        if counts[NOT_UDP]:
+            # Replies to our pings and ICMP errors about our TCP segments are not UDP,
+            # but expected: not drops.
+            drops["not_udp"] -= self._icmp(batch, parse, now)
 
         by_socket: dict[OverlaySocket, list[tuple[bytes, Address]]] = {}
         sockets = self._sockets
@@ -640,6 +881,14 @@ class OverlayNetwork:
             self._tx_cond.notify_all()
         for s in socks:
             s.close()
+        # TCP: every connection is reset (as when a process exits), every waiter wakes
+        # with ConnectionAbortedError / EBADF, and the RSTs go out before we leave.
+        with self._tcp_lock:
+            self._stack.abort_all(time.monotonic())
+            self._tcp_collect()
+        self._tcp_flush()
+        if self._bridges is not None:
+            self._bridges.close()
         self._driver.remove_overlay_transport(self.id)
         current = threading.current_thread()
         for t in (self._thread, self._sender):
@@ -662,46 +911,5 @@ class OverlayNetwork:
         return f"<OverlayNetwork {self.id} {self.addresses} sockets={len(self._sockets)}>"
 
 
-def _echo_request(src: bytes, dst: bytes, ident: int, seq: int, data: bytes) -> bytes:
-    """An ICMP (RFC 792) or ICMPv6 (RFC 4443 §4.1) echo request from src to dst."""
-    msg = bytearray(struct.pack("!BBHHH", 0, 0, 0, ident, seq) + bytes(data))
-    if src.startswith(_MAPPED):
-        msg[0] = 8
-        msg[2:4] = struct.pack("!H", checksum(msg))
-        header = bytearray(
-            struct.pack("!BBHHHBBH", 0x45, 0, 20 + len(msg), 0, 0x4000, TTL, 1, 0)
-            + src[12:]
-            + dst[12:]
-        )
-        header[10:12] = struct.pack("!H", checksum(header))
-        return bytes(header + msg)
-    msg[0] = 128
-    pseudo = src + dst + struct.pack("!I3xB", len(msg), 58)
-    msg[2:4] = struct.pack("!H", checksum(pseudo + msg))
-    return struct.pack("!IHBB", 6 << 28, len(msg), 58, TTL) + src + dst + bytes(msg)
-
-
-def _echo_reply_key(pkt: bytes) -> tuple[int, int, bytes] | None:
-    """(identifier, sequence, packed source) of a valid echo reply, else None.
-
-    Only called for packets ``parse_udp`` found to be valid, unfragmented IP of another
-    protocol; ICMPv6 replies behind extension headers are not recognised.
-    """
-    if pkt[0] >> 4 == 4:
-        ihl = (pkt[0] & 15) * 4
-        total = struct.unpack_from("!H", pkt, 2)[0]
-        msg = pkt[ihl:total]
-        if pkt[9] != 1 or len(msg) < 8 or msg[0] != 0 or msg[1] != 0 or checksum(msg) != 0:
-            return None
-        src = _MAPPED + pkt[12:16]
-    else:
-        plen = struct.unpack_from("!H", pkt, 4)[0]
-        msg = pkt[40 : 40 + plen]
-        if pkt[6] != 58 or len(msg) < 8 or msg[0] != 129 or msg[1] != 0:
-            return None
-        pseudo = pkt[8:40] + struct.pack("!I3xB", len(msg), 58)
-        if checksum(pseudo + msg) != 0:
-            return None
-        src = pkt[8:24]
-    ident, seq = struct.unpack_from("!HH", msg, 4)
-    return ident, seq, src
+_ANY4 = pack_address("0.0.0.0")
+_ANY6 = pack_address("::")

@@ -267,6 +267,10 @@ class TcpStack:
         self._heap_seq = 0
         self._out: list[PacketBatch] = []
         self._changed: set[Any] = set()
+        self.tx_room = 1 << 30
+        """Data segments the I/O layer lets the stack queue now (its "TCP small queues":
+        a sender must not fill local queues with its whole congestion window)."""
+        self._throttled: dict[int, Connection] = {}
         self._challenge_budget = CHALLENGE_ACKS_PER_SECOND
         self._challenge_second = -1
         self._generation = 0
@@ -301,17 +305,21 @@ class TcpStack:
 
     # -- input ------------------------------------------------------------------------------
 
-    def input(self, batch: PacketBatch, now: float) -> None:
-        """Handle a batch of TCP segments (IP packets) addressed to our addresses."""
+    def input(self, batch: PacketBatch, now: float) -> int:
+        """Handle the TCP segments of a batch of IP packets addressed to our addresses.
+
+        They get the batch status CONSUMED (or a drop reason); packets of other protocols
+        are left alive for their handlers. Returns how many of those there are."""
         segs = self._segs
         if len(batch) > segs.capacity:
             segs = self._segs = Segments(max(len(batch), 2 * segs.capacity))
         touched = self.demux.input(batch, segs, now)
         counts = segs.verdict_counts()
         for v, c in enumerate(counts):
-            if c and v not in (_tcp.FAST, _tcp.SLOW, 1):
+            if c and v not in (_tcp.FAST, _tcp.SLOW, _tcp.SKIPPED, _tcp.NOT_TCP):
                 self.drops[_tcp.VERDICT_NAMES[v]] += c
-        self.counters["segments_in"] += len(batch) - counts[1]
+        others = counts[_tcp.NOT_TCP]
+        self.counters["segments_in"] += len(batch) - counts[_tcp.SKIPPED] - others
         self.counters["fast_path"] += counts[_tcp.FAST]
         for i in segs.slow():
             self._segment_arrives(segs, i, now)
@@ -319,6 +327,7 @@ class TcpStack:
             conn = self.conns.get(cid)
             if conn is not None:
                 self._after_input(conn, now)
+        return int(others)
 
     def _after_input(self, conn: Connection, now: float) -> None:
         """Act on what C raised for a connection, then send what it wants sent."""
@@ -626,7 +635,7 @@ class TcpStack:
         self,
         remote: tuple[bytes, int],
         now: float,
-        local: tuple[bytes, int] | None = None,
+        local: tuple[bytes | None, int] | None = None,
         **options: Any,
     ) -> Connection:
         """Active OPEN: a connection in SYN-SENT with its SYN on its way. ``local`` is
@@ -701,6 +710,14 @@ class TcpStack:
         listener.syn_queue.clear()
         listener.accept_queue.clear()
         self._changed.add(listener)
+
+    def abort_all(self, now: float) -> None:
+        """Reset every connection (ECONNABORTED for their owners) and close every
+        listener: the stack is going away."""
+        for listener in list(self.listeners.values()):
+            self.close_listener(listener, now)
+        for conn in list(self.conns.values()):
+            self._close(conn, now, errno.ECONNABORTED, reset=conn.tcb.state in SYNCHRONIZED)
 
     def accept(self, listener: Listener) -> Connection | None:
         """The oldest connection of the accept queue, or None. It may have been closed
@@ -809,6 +826,10 @@ class TcpStack:
                 self.counters["fin_wait_2_timeout"] += 1
                 self._move(conn, E.TIMEOUT, now)
 
+    def reschedule(self, conn: Connection) -> None:
+        """After changing a connection's timers from outside (an option)."""
+        self._schedule(conn)
+
     def _schedule(self, conn: Connection) -> None:
         """Keep one heap entry at the connection's earliest deadline. A later deadline
         needs no new entry: the old one fires early, finds nothing due and moves on."""
@@ -866,10 +887,28 @@ class TcpStack:
             return
         batch = self._batch()
         while True:
-            tcb.output(batch, now)
+            self.tx_room -= tcb.output(batch, now, max(self.tx_room, 0))
             if batch.room:
                 break
             batch = self._new_batch()
+        if tcb.throttled:
+            self._throttled[tcb.id] = conn
+
+    @property
+    def throttled(self) -> bool:
+        """Some connection has data it held back for want of ``tx_room``."""
+        return bool(self._throttled)
+
+    def resume(self, now: float, room: int) -> None:
+        """The local queues drained to ``room`` segments: the connections held back send
+        on, oldest first."""
+        self.tx_room = room
+        while self._throttled and self.tx_room > 0:
+            cid = next(iter(self._throttled))
+            conn = self._throttled.pop(cid)
+            if conn.tcb.id >= 0:
+                self._transmit(conn, now)
+                self._schedule(conn)
 
     def _batch(self) -> PacketBatch:
         if self._out and self._out[-1].room:
