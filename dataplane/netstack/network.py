@@ -748,7 +748,7 @@ class OverlayNetwork:
                 due = stack.next_deadline()
             if stack.throttled:
                 stack.resume(now, self._tcp_room())
-            self._tcp_sleep_until = math.inf  # collect must not interrupt us for these
+            self._tcp_sleep_until = -math.inf  # we are awake: collect must not interrupt us
             self._tcp_collect()
             self._tcp_sleep_until = due if due is not None else math.inf
         self._tcp_flush()
