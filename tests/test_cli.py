@@ -59,10 +59,12 @@ def test_bad_input_is_one_line_on_stderr_with_status_2():
 
 
 def test_demo_runs_and_reports():
-    r = run("demo", "--duration", "1", "--pings", "20", timeout=120)
+    r = run("demo", "--duration", "1", "--pings", "20", "--tcp-seconds", "0.5", timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     out = r.stdout
     assert "handshake + first round trip:" in out
     assert "round trip over 20 pings" in out
     assert "throughput:" in out and "packets/s" in out
+    assert "TCP: connect" in out and "request/response over 20 round trips" in out
+    assert "SHA-256 verified" in out
     assert "drops" in out
