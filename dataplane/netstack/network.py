@@ -329,6 +329,7 @@ class OverlayNetwork:
         self._last_flush = 0
 
         self._stats_lock = threading.Lock()
+        self.wakeups = 0  # of the demux thread (batches, timers, interruptions)
         self.drops: Counter[str] = Counter()
         self.counters: Counter[str] = Counter()
 
@@ -774,6 +775,7 @@ class OverlayNetwork:
                 batch = out.get(timeout=timeout)
             except QueueClosed:
                 return
+            self.wakeups += 1
             if batch is None:
                 if self._closed:
                     return
