@@ -202,7 +202,7 @@ def main(args: argparse.Namespace) -> int:
 
 def _tcp(a: Node, b: Node, pings: int, seconds: float) -> None:
     """TCP over the tunnel: setup, request/response, and a verified stream."""
-    results: dict[str, object] = {}
+    results: dict[str, tuple[int, str]] = {}
     with (
         b.net.create_server(("", TCP_ECHO_PORT)) as echo_srv,
         b.net.create_server(("", TCP_SINK_PORT)) as sink_srv,
@@ -264,7 +264,7 @@ def _tcp(a: Node, b: Node, pings: int, seconds: float) -> None:
             info = stream.tcp_info()
         for t in threads:
             t.join(10)
-        total, hexdigest = results.get("sink", (0, ""))  # type: ignore[misc]
+        total, hexdigest = results.get("sink", (0, ""))
         verdict = "verified" if (total, hexdigest) == (sent, digest.hexdigest()) else "MISMATCH"
         print(
             f"TCP stream: {sent / 1e6:.0f} MB in {elapsed:.1f} s = "

@@ -12,7 +12,8 @@ uses for the same fault. The code uses the standard library only and shares noth
 The order of ``parse``'s checks is the one a receiver needs (IP layer, protocol, TCP header
 length, checksum, addresses, options), which is also the C parser's; where the RFCs leave a
 choice (an option of a known kind with the wrong length), the model does what Linux does:
-ignore the option. Test-only.
+ignore the option. ``tcp_verdict`` names a fault as the TCP layer reports it: a packet
+that is not valid IP carrying TCP is "not_tcp" there (the IP layer judges it). Test-only.
 """
 
 from __future__ import annotations
@@ -35,9 +36,10 @@ MOD = 1 << 32
 class Malformed(ValueError):
     """A packet ``parse`` refuses; ``verdict`` names the fault as ``_tcp`` does."""
 
-    def __init__(self, verdict: str, why: str = "") -> None:
-        super().__init__(f"{verdict}: {why}" if why else verdict)
+    def __init__(self, verdict: str, why: str = "", layer: str = "tcp") -> None:
+        super().__init__(f"{layer} {verdict}: {why}" if why else f"{layer} {verdict}")
         self.verdict = verdict
+        self.layer = layer  # "ip" for faults of the IP layer, "tcp" for the segment's
 
 
 def checksum(data: bytes) -> int:
@@ -225,51 +227,51 @@ def _ip_layer(pkt: bytes) -> tuple[bool, int, str, str, int, int]:
     """(v4, protocol, src, dst, l4 offset, l4 end) of a valid IP packet (RFC 791,
     RFC 8200 §4 extension headers walked at most 8 deep)."""
     if not pkt:
-        raise Malformed("truncated", "empty")
+        raise Malformed("truncated", "empty", layer="ip")
     version = pkt[0] >> 4
     if version == 4:
         if len(pkt) < 20:
-            raise Malformed("truncated", "IPv4 header")
+            raise Malformed("truncated", "IPv4 header", layer="ip")
         ihl = (pkt[0] & 15) * 4
         total = struct.unpack_from("!H", pkt, 2)[0]
         if ihl < 20 or total < ihl:
-            raise Malformed("bad_header", "IHL / total length")
+            raise Malformed("bad_header", "IHL / total length", layer="ip")
         if total > len(pkt):
-            raise Malformed("truncated", "total length")
+            raise Malformed("truncated", "total length", layer="ip")
         if checksum(pkt[:ihl]) != 0:
-            raise Malformed("bad_checksum", "IPv4 header")
+            raise Malformed("bad_checksum", "IPv4 header", layer="ip")
         if struct.unpack_from("!H", pkt, 6)[0] & 0x3FFF:
-            raise Malformed("fragment")
+            raise Malformed("fragment", "", layer="ip")
         src = str(ipaddress.IPv4Address(pkt[12:16]))
         dst = str(ipaddress.IPv4Address(pkt[16:20]))
         return True, pkt[9], src, dst, ihl, total
     if version == 6:
         if len(pkt) < 40:
-            raise Malformed("truncated", "IPv6 header")
+            raise Malformed("truncated", "IPv6 header", layer="ip")
         end = 40 + struct.unpack_from("!H", pkt, 4)[0]
         if end > len(pkt):
-            raise Malformed("truncated", "payload length")
+            raise Malformed("truncated", "payload length", layer="ip")
         if pkt[8:20] == _MAPPED or pkt[24:36] == _MAPPED:
-            raise Malformed("bad_header", "IPv4-mapped address on the wire (RFC 4291)")
+            raise Malformed("bad_header", "IPv4-mapped address on the wire (RFC 4291)", layer="ip")
         nh, off = pkt[6], 40
         for _ in range(8):
             if nh in (0, 43, 60):
                 if off + 8 > end:
-                    raise Malformed("truncated", "extension header")
+                    raise Malformed("truncated", "extension header", layer="ip")
                 if nh == 43 and pkt[off + 3] != 0:
-                    raise Malformed("bad_header", "routing header with segments left")
+                    raise Malformed("bad_header", "routing header with segments left", layer="ip")
                 hlen = (pkt[off + 1] + 1) * 8
                 if off + hlen > end:
-                    raise Malformed("truncated", "extension header length")
+                    raise Malformed("truncated", "extension header length", layer="ip")
                 nh, off = pkt[off], off + hlen
             elif nh == 44:
-                raise Malformed("fragment")
+                raise Malformed("fragment", "", layer="ip")
             else:
                 src = str(ipaddress.IPv6Address(pkt[8:24]))
                 dst = str(ipaddress.IPv6Address(pkt[24:40]))
                 return False, nh, src, dst, off, end
-        raise Malformed("bad_header", "extension header chain too long")
-    raise Malformed("bad_header", f"IP version {version}")
+        raise Malformed("bad_header", "extension header chain too long", layer="ip")
+    raise Malformed("bad_header", f"IP version {version}", layer="ip")
 
 
 def _unicast(text: str) -> bool:
@@ -333,9 +335,19 @@ def _parse_options(seg: Seg, opts: bytes) -> None:
 
 
 def verdict(pkt: bytes) -> str:
-    """What the model makes of a packet, in ``_tcp.VERDICT_NAMES`` terms ("ok" if good)."""
+    """What the model makes of a packet ("ok" if good), with the IP layer's fault names."""
     try:
         parse(pkt)
     except Malformed as e:
         return e.verdict
+    return "ok"
+
+
+def tcp_verdict(pkt: bytes) -> str:
+    """The verdict as the TCP layer gives it (``_tcp.VERDICT_NAMES``): what is not a valid
+    IP packet carrying TCP is "not_tcp", left to the IP layer to judge and count."""
+    try:
+        parse(pkt)
+    except Malformed as e:
+        return "not_tcp" if e.layer == "ip" else e.verdict
     return "ok"

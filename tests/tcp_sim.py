@@ -5,6 +5,12 @@ address after ``delay`` seconds, with seeded loss, duplication and reordering (e
 delay), and a bandwidth limit if given; ``run`` advances time from event to event
 (deliveries and the stacks' timer deadlines), so minutes of protocol time take
 milliseconds. Tests reach into the stacks directly: ``net.stack(A).connect(...)``.
+``Impairment.path_mtu`` drops larger packets and reports ICMP "too big" to the sender's
+stack (``icmp_error``) one delay later; ``call_at`` runs any event in simulated time.
+
+``Peer`` is the other rig: one stack whose only peer is the test, which builds every
+segment with ``tcp_model`` and parses every segment the stack sends; ``Remote`` keeps the
+hand-played side's sequence numbers and timestamps (``test_tcp_rules``, ``test_tcp_hostile``).
 """
 
 from __future__ import annotations

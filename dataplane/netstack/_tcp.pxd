@@ -184,6 +184,7 @@ ctypedef struct tcb_t:
     double user_at          # TIME-WAIT, FIN-WAIT-2 and linger, set by Python
     double last_rcv         # last segment received (keepalive)
     uint32_t probes         # unanswered zero-window or keepalive probes
+    uint32_t persist_shift  # persist timer backoff: doubles per probe until the window opens
     double keep_idle
     double keep_intvl
     uint32_t keep_cnt

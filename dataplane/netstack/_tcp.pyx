@@ -711,6 +711,7 @@ cdef uint8_t _ack(tcb_t* t, seg_t* s, double now) noexcept nogil:
     if gt(ack, t.snd_nxt):
         t.flags |= F_ACK_NOW
         return ACK_TOO_NEW
+    t.probes = 0                        # any ACK answers a zero-window or keepalive probe
     if lt(ack, t.snd_una - t.max_sndwnd):
         t.flags |= F_ACK_NOW
         return ACK_TOO_OLD
@@ -719,7 +720,9 @@ cdef uint8_t _ack(tcb_t* t, seg_t* s, double now) noexcept nogil:
     dup = (ack == t.snd_una and s.len == 0 and not (s.flags & (TH_SYN | TH_FIN))
            and wnd == t.snd_wnd and t.snd_una != t.snd_nxt)
     # Send window update (§3.10.7.4): from a newer segment, or the same with a newer ACK.
-    if lt(t.snd_wl1, s.seq) or (t.snd_wl1 == s.seq and le(t.snd_wl2, ack)):
+    # A SYN's window is unscaled and was taken by negotiate (RFC 7323 §2.2).
+    if not (s.flags & TH_SYN) and (
+            lt(t.snd_wl1, s.seq) or (t.snd_wl1 == s.seq and le(t.snd_wl2, ack))):
         if wnd > t.snd_wnd:
             t.events |= EV_OUTPUT
         t.snd_wnd = wnd
@@ -729,6 +732,7 @@ cdef uint8_t _ack(tcb_t* t, seg_t* s, double now) noexcept nogil:
             t.max_sndwnd = wnd
         if wnd:
             t.persist_at = 0
+            t.persist_shift = 0
     if t.flags & F_SACK and s.nsack:
         _sack_received(t, s)
     if gt(ack, t.snd_una):
@@ -1140,6 +1144,8 @@ cdef bint _emit(tcb_t* t, PacketBatch b, uint32_t seq, uint32_t plen, uint8_t fl
                 put32(th + o + 4, br[k])
                 o += 8
     if plen:
+        if t.sb_buf == NULL or lt(seq, t.sb_seq) or gt(seq + plen, t.sb_seq + t.sb_len):
+            return False                # never: output only asks for buffered bytes
         ring_get(t.sb_buf, t.sb_cap, t.sb_head + (seq - t.sb_seq), th + o, plen)
     csum_store_tcp(th, l4len, t.laddr, t.raddr)
     b.offsets[i] = <uint32_t>b.headroom
@@ -1294,7 +1300,7 @@ cdef Py_ssize_t _output(tcb_t* t, PacketBatch b, double now, Py_ssize_t budget) 
 cdef inline double _persist_interval(tcb_t* t) noexcept nogil:
     cdef double r = t.rto
     cdef uint32_t _k
-    for _k in range(t.probes):
+    for _k in range(t.persist_shift):
         r *= 2
         if r >= PERSIST_MAX:
             return PERSIST_MAX
@@ -1361,6 +1367,7 @@ cdef uint32_t _on_timer(tcb_t* t, PacketBatch b, double now) noexcept nogil:
         fired |= T_PERSIST
         if t.snd_wnd == 0 and lt(t.snd_nxt, t.sb_seq + t.sb_len):
             t.probes += 1
+            t.persist_shift += 1
             if t.probes > t.max_retries:
                 t.events |= EV_TIMEDOUT
                 return fired | T_TIMEDOUT
@@ -1963,6 +1970,15 @@ cdef class Tcb:
     @property
     def rto(self):
         return self.t.rto
+
+    @property
+    def ts_recent(self):
+        """The peer's last TSval we took (RFC 7323 §4.3), None without timestamps."""
+        return self.t.ts_recent if self.t.flags & F_TS else None
+
+    @property
+    def syn_acked(self):
+        return bool(self.t.flags & F_SYN_ACKED)
 
     def send_syn(self):
         """Have the next output (re)send our SYN (SYN-SENT) or SYN-ACK (SYN-RECEIVED)."""

@@ -351,8 +351,13 @@ class TcpStack:
         """RFC 9293 §3.10.7 for one segment the fast path left to us."""
         cid = segs.conn(i)
         conn = self.conns.get(cid) if cid >= 0 else None
+        src, sport, dst, dport = segs.addresses(i)
+        if conn is not None and (conn.remote != (src, sport) or conn.local != (dst, dport)):
+            # The connection matched when the batch came in was closed by an earlier
+            # segment of this batch and its id went to another: look the 4-tuple up again.
+            found = self.demux.lookup(dst, dport, src, sport)
+            conn = self.conns.get(found.id) if found is not None else None
         if conn is None:
-            src, sport, dst, dport = segs.addresses(i)
             if dst not in self.addresses:
                 self.drops["not_our_address"] += 1
                 return
@@ -487,7 +492,13 @@ class TcpStack:
         if not tcb.acceptable(segs, i):
             if not flags & RST:
                 tcb.ack_now()
+                if state == S.TIME_WAIT and flags & FIN:
+                    # The peer's FIN again (our ACK was lost): ACK it and restart the
+                    # 2 MSL timeout (§3.10.7.4, TIME-WAIT under the eighth check).
+                    tcb.user_at = now + 2 * MSL
+                    self.counters["time_wait_fin_again"] += 1
                 self._transmit(conn, now)
+                return
             self.drops["out_of_window"] += 1
             return
         # Second: RST (RFC 5961 §3.2: only the exact sequence number resets).
@@ -579,6 +590,10 @@ class TcpStack:
         if new == S.ESTABLISHED:
             self.counters["established"] += 1
             tcb.start_keepalive(now)
+            if conn.shut_wr and not tcb.fin_queued:
+                # CLOSE came in SYN-RECEIVED: now the FIN can follow (§3.10.4).
+                tcb.queue_fin()
+                self._move(conn, E.CLOSE, now)
             if conn.listener is not None and conn.passive:
                 listener = conn.listener
                 listener.syn_queue.pop(conn.id, None)
@@ -757,6 +772,8 @@ class TcpStack:
             if state == S.SYN_SENT:
                 self._close(conn, now, 0, reset=False)
                 return
+            if state == S.SYN_RECEIVED and not conn.tcb.syn_acked:
+                return  # §3.10.4: queued until ESTABLISHED (_enter sends the FIN then)
             if state in (S.SYN_RECEIVED, S.ESTABLISHED, S.CLOSE_WAIT):
                 conn.tcb.queue_fin()
                 self._move(conn, E.CLOSE, now)
@@ -893,6 +910,7 @@ class TcpStack:
             batch = self._new_batch()
         if tcb.throttled:
             self._throttled[tcb.id] = conn
+        self._schedule(conn)  # output and input arm timers (delayed ACK, RTO, persist)
 
     @property
     def throttled(self) -> bool:
@@ -942,9 +960,17 @@ class TcpStack:
         self._transmit(conn, now)
 
     def _time_wait_reusable(self, conn: Connection, segs: Segments, i: int) -> bool:
+        """RFC 6191 §2: a SYN ends TIME-WAIT if it cannot belong to the old incarnation:
+        with timestamps, a TSval newer than the last one (or equal and a higher sequence
+        number); without, a sequence number above RCV.NXT (RFC 1122 §4.2.2.13)."""
         seq = segs.fields(i)[0]
         ts = segs.options(i)[3]
-        return _seq_lt(conn.tcb.rcv_nxt, seq) or ts is not None
+        recent = conn.tcb.ts_recent
+        if ts is not None and recent is not None:
+            if _seq_lt(recent, ts[0]):
+                return True
+            return ts[0] == recent and _seq_lt(conn.tcb.rcv_nxt, seq)
+        return _seq_lt(conn.tcb.rcv_nxt, seq)
 
     def _new_connection(
         self, local: tuple[bytes, int], remote: tuple[bytes, int], now: float
