@@ -87,6 +87,11 @@ def role(args) -> None:
         end = time.monotonic() + args.seconds
         while time.monotonic() < end:
             conn.sendall(chunk)
+        # Wait for the receiver's close before leaving: our stack lives in this process,
+        # so exiting with data in flight would reset the connection.
+        conn.shutdown(socket.SHUT_WR)
+        conn.settimeout(60)
+        conn.recv(1)
         conn.close()
         print(json.dumps({"sent": True}), flush=True)
     else:
@@ -99,7 +104,12 @@ def role(args) -> None:
         while n := conn.recv_into(buf):
             total += n
         dt = time.monotonic() - t0
-        print(json.dumps({"bytes": total, "seconds": dt}), flush=True)
+        extra = {}
+        if os.environ.get("NETNS_TCP_DEBUG") and hasattr(conn, "tcp_info"):
+            extra = {"info": conn.tcp_info(), "stack": net.tcp_stats()}
+        print(json.dumps({"bytes": total, "seconds": dt, **extra}), flush=True)
+        if extra:
+            print(json.dumps(extra), file=sys.stderr, flush=True)
         conn.close()
     for c in closers:
         c.close()
@@ -171,6 +181,7 @@ def start_relay(ns: str, args) -> subprocess.Popen:
     relay = subprocess.Popen(
         ["ip", "netns", "exec", ns, sys.executable, str(REPO / "tests" / "udp_relay.py"),
          "--listen", f"10.98.0.2:{RELAY_PORT}", "--target", "127.0.0.1:51821",
+         "--via", f"127.0.0.1:{RELAY_PORT + 1}", "--near", "10.98.0.1:51820",
          "--delay-ms", str(args.delay_ms), "--loss", str(args.loss),
          "--reorder", str(args.reorder), "--duplicate", str(args.duplicate)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
@@ -183,7 +194,9 @@ def measure(seconds: float, args) -> dict[str, float]:
     global RELAYED
     RELAYED = bool(args.delay_ms or args.loss or args.reorder or args.duplicate)
     if RELAYED:
+        # Both ways through the relay: A sends to its near side, B to its far side.
         ENDPOINTS[1] = f"10.98.0.2:{RELAY_PORT}"
+        ENDPOINTS[0] = f"127.0.0.1:{RELAY_PORT + 1}"
     tag = os.getpid() % 10000
     ns = [f"dptA{tag}", f"dptB{tag}"]
     names = [f"dpta{tag}", f"dptb{tag}"]

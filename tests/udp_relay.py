@@ -142,6 +142,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--listen", required=True, help="HOST:PORT the near end sends to")
     ap.add_argument("--target", required=True, help="HOST:PORT of the far end")
+    ap.add_argument(
+        "--via", help="HOST:PORT the far end sees us at (its endpoint for the near end)"
+    )
+    ap.add_argument("--near", help="HOST:PORT of the near end (default: learnt)")
     ap.add_argument("--delay-ms", type=float, default=0.0)
     ap.add_argument("--loss", type=float, default=0.0)
     ap.add_argument("--reorder", type=float, default=0.0)
@@ -152,11 +156,20 @@ def main() -> int:
     args = ap.parse_args()
     listen, target = _endpoint(args.listen), _endpoint(args.target)
     near = UdpSocket(listen, gro=False)
-    far = UdpSocket(("127.0.0.1" if target[0].startswith("127.") else listen[0], 0), gro=False)
-    client: list[tuple[str, int] | None] = [None]
+    via = (
+        _endpoint(args.via)
+        if args.via
+        else (
+            "127.0.0.1" if target[0].startswith("127.") else listen[0],
+            0,
+        )
+    )
+    far = UdpSocket(via, gro=False)
+    client: list[tuple[str, int] | None] = [_endpoint(args.near) if args.near else None]
 
     def learn(ep) -> None:
-        client[0] = ep
+        if not args.near:
+            client[0] = ep  # the near end is wherever its datagrams come from
 
     fwd = Direction("forward", near, far, lambda: target, args, args.seed)
     back = Direction("back", far, near, lambda: client[0], args, args.seed + 1)

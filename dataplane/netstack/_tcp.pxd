@@ -40,6 +40,7 @@ cdef enum:
     MAX_SACKED = 64         # SACKed ranges held by a sender's scoreboard
     MAX_SACK_BLOCKS = 4     # blocks one segment can carry (RFC 2018 §3)
     MAX_UNREPORTED = 16     # new out-of-order ranges remembered until an ACK reports them
+    MAX_ACK_POINTS = 8      # ACKs owed within one input batch (every second segment)
 
 
 # One parsed segment (``Segments`` holds an array of them, one per batch slot).
@@ -171,9 +172,14 @@ ctypedef struct tcb_t:
     uint32_t n_recent       # SACK blocks to report, most recent first (RFC 2018 §4)
     uint32_t recent_l[MAX_SACK_BLOCKS]
     uint32_t recent_r[MAX_SACK_BLOCKS]
+    uint32_t dsack_l        # a duplicate to report in the next ACK (RFC 2883), if dsack_r
+    uint32_t dsack_r
+    uint8_t has_dsack
     uint32_t n_unrep        # out-of-order ranges (by a left edge) no ACK has reported yet
     uint32_t unrep[MAX_UNREPORTED]
     uint32_t unacked        # bytes received since our last ACK
+    uint32_t n_ackpts       # RCV.NXT values an ACK is owed for, within the current batch
+    uint32_t ackpts[MAX_ACK_POINTS]
     uint32_t quickacks      # segments still to be ACKed at once (start of connection)
 
     # timers: absolute deadlines, 0 when not armed
@@ -202,4 +208,4 @@ ctypedef struct tcb_t:
     uint64_t ooo_segs
     uint64_t ooo_dropped    # out-of-order data without a range to hold it
     uint64_t window_drops   # payload bytes beyond the window
-    uint64_t dsack          # (not counted yet)
+    uint64_t dsacks_sent    # duplicates reported with D-SACK (RFC 2883)

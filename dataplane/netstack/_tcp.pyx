@@ -880,15 +880,33 @@ cdef inline void _unreported(tcb_t* t, uint32_t left) noexcept nogil:
         t.n_unrep += 1
 
 
+cdef inline void _duplicate(tcb_t* t, uint32_t lo, uint32_t hi) noexcept nogil:
+    # Data we had already: ACK at once, and if SACK is on say which bytes came twice
+    # (D-SACK, RFC 2883 §4), so the sender learns its retransmission was spurious (Linux
+    # widens its reordering window on it).
+    t.flags |= F_ACK_NOW
+    t.events |= EV_OUTPUT
+    if t.flags & F_SACK:
+        t.dsack_l = lo
+        t.dsack_r = hi
+        t.has_dsack = 1
+
+
 cdef uint32_t _sack_fill(tcb_t* t, uint32_t* ls, uint32_t* rs, uint32_t most) noexcept nogil:
-    """The SACK blocks of the next ACK: the newest range first (RFC 2018 §4), then ranges
-    not yet reported, then the other recent ones."""
+    """The SACK blocks of the next ACK: a D-SACK block first (RFC 2883 §4), the newest
+    range (RFC 2018 §4), then ranges not yet reported, then the other recent ones."""
     cdef uint32_t n = 0, i, j, k, e
     cdef bint dup
-    if t.n_recent and gt(t.recent_r[0], t.rcv_nxt):
-        ls[0] = t.recent_l[0]
-        rs[0] = t.recent_r[0]
+    if t.has_dsack:
+        t.has_dsack = 0
+        t.dsacks_sent += 1
+        ls[0] = t.dsack_l
+        rs[0] = t.dsack_r
         n = 1
+    if t.n_recent and gt(t.recent_r[0], t.rcv_nxt) and n < most:
+        ls[n] = t.recent_l[0]
+        rs[n] = t.recent_r[0]
+        n += 1
     i = 0
     while i < t.n_unrep and n < most:
         e = t.unrep[i]
@@ -951,8 +969,7 @@ cdef void _text(tcb_t* t, seg_t* s, const uint8_t* payload, double now) noexcept
         cut = t.rcv_nxt - seq
         if cut >= n:
             t.dup_segs += 1
-            t.flags |= F_ACK_NOW        # a duplicate: say where we are at once
-            t.events |= EV_OUTPUT
+            _duplicate(t, seq, seq + n)
             return
         payload += cut
         n -= cut
@@ -999,17 +1016,30 @@ cdef void _text(tcb_t* t, seg_t* s, const uint8_t* payload, double now) noexcept
         t.unacked += n
         if n > t.rcv_mss:
             t.rcv_mss = <uint16_t>umin(n, 0xFFFF)
-        if filled_hole or t.n_ooo or t.quickacks:
-            # RFC 5681 §4.2: ACK at once when a hole fills; quick ACKs at the start.
+        if filled_hole or t.n_ooo:
+            t.flags |= F_ACK_NOW        # RFC 5681 §4.2: ACK at once when a hole fills
+        elif t.quickacks or t.unacked >= DELACK_SEGMENTS * <uint32_t>t.rcv_mss:
+            # Every second full-sized segment (RFC 5681 §4.2), every one at the start
+            # (quick ACKs). A batch brings many segments at once: the ACK points are
+            # kept, and output sends them in order before its final ACK (up to
+            # MAX_ACK_POINTS per batch: more would be stretch ACKs, as a GRO receiver's).
             t.flags |= F_ACK_NOW
             if t.quickacks:
                 t.quickacks -= 1
-        elif t.unacked >= DELACK_SEGMENTS * <uint32_t>t.rcv_mss:
-            t.flags |= F_ACK_NOW
+            if t.n_ackpts < MAX_ACK_POINTS:
+                t.ackpts[t.n_ackpts] = t.rcv_nxt
+                t.n_ackpts += 1
+                t.unacked = 0
         elif t.delack_at == 0:
             t.delack_at = now + DELACK_TIME
         _fin_check(t)
     else:
+        for k in range(t.n_ooo):
+            if le(t.ooo_l[k], seq) and le(seq + n, t.ooo_r[k]):
+                t.dup_segs += 1         # all of it is held already
+                _duplicate(t, seq, seq + n)
+                t.events |= EV_OUTPUT
+                return
         k = _ooo_insert(t, seq, seq + n)
         if k == MAX_OOO:
             t.ooo_dropped += 1
@@ -1072,7 +1102,8 @@ cdef bint _emit(tcb_t* t, PacketBatch b, uint32_t seq, uint32_t plen, uint8_t fl
     else:
         if t.flags & F_TS:
             optlen = 12
-        if flags & TH_ACK and t.flags & F_SACK and t.n_ooo and not (flags & TH_RST):
+        if flags & TH_ACK and t.flags & F_SACK and (t.n_ooo or t.has_dsack) and not (
+                flags & TH_RST):
             nblocks = _sack_fill(t, bl, br, 3 if t.flags & F_TS else 4)
             if nblocks:
                 optlen += 4 + 8 * nblocks
@@ -1159,6 +1190,7 @@ cdef bint _emit(tcb_t* t, PacketBatch b, uint32_t seq, uint32_t plen, uint8_t fl
         t.unacked = 0
         t.delack_at = 0
         t.flags &= ~F_ACK_NOW
+        t.n_ackpts = 0                  # this ACK covers every point owed before it
     return True
 
 
@@ -1172,6 +1204,23 @@ cdef inline void csum_store_tcp(uint8_t* th, uint32_t l4len, const uint8_t* src,
 cdef inline bint _can_send_data(tcb_t* t) noexcept nogil:
     return (t.state == S_ESTABLISHED or t.state == S_CLOSE_WAIT or t.state == S_FIN_WAIT_1
             or t.state == S_CLOSING or t.state == S_LAST_ACK)
+
+
+cdef Py_ssize_t _ack_points(tcb_t* t, PacketBatch b, double now) noexcept nogil:
+    # The ACKs owed for points before RCV.NXT (see _text), oldest first; the caller's
+    # final ACK (or data) acknowledges RCV.NXT itself, and so stands for the last point.
+    cdef Py_ssize_t built = 0
+    cdef uint32_t k, nxt = t.rcv_nxt, n = t.n_ackpts, keep = t.flags & F_ACK_NOW
+    t.n_ackpts = 0
+    for k in range(n - 1 if n else 0):
+        if not lt(t.ackpts[k], nxt):
+            continue
+        t.rcv_nxt = t.ackpts[k]
+        if _emit(t, b, t.snd_nxt, 0, TH_ACK, now):
+            built += 1
+    t.rcv_nxt = nxt
+    t.flags |= keep
+    return built
 
 
 cdef inline uint32_t _sb_limit(tcb_t* t) noexcept nogil:
@@ -1207,6 +1256,7 @@ cdef Py_ssize_t _output(tcb_t* t, PacketBatch b, double now, Py_ssize_t budget) 
         return 1
     if t.state == S_SYN_SENT:
         return 0
+    built += _ack_points(t, b, now)
     data_end = t.sb_seq + t.sb_len
     while _can_send_data(t) and built < budget:
         retx = False
@@ -1856,6 +1906,7 @@ cdef class Tcb:
             "retrans_segs": t.retrans_segs, "retrans_bytes": t.retrans_bytes,
             "fast_recoveries": t.fast_recoveries, "timeouts": t.timeouts,
             "dup_segs": t.dup_segs, "ooo_segs": t.ooo_segs, "ooo_dropped": t.ooo_dropped,
+            "dsacks_sent": t.dsacks_sent,
             "window_drops": t.window_drops,
             "srtt": t.srtt, "rttvar": t.rttvar, "rto": t.rto, "rcv_rtt": t.rcv_rtt,
             "cwnd": t.cwnd, "ssthresh": t.ssthresh, "mss": t.mss, "pmtu": t.pmtu,
@@ -1986,6 +2037,18 @@ cdef class Tcb:
 
     def ack_now(self):
         self.t.flags |= F_ACK_NOW
+
+    def duplicate(self, Segments segs, Py_ssize_t i):
+        """An unacceptable segment whose bytes are all below RCV.NXT: ACK it, with a
+        D-SACK block for them (RFC 2883 §4)."""
+        segs._check(i)
+        cdef seg_t* s = &segs.segs[i]
+        cdef tcb_t* t = self.t
+        if s.len and lt(s.seq, t.rcv_nxt) and le(s.seq + s.len, t.rcv_nxt):
+            t.dup_segs += 1
+            _duplicate(t, s.seq, s.seq + s.len)
+        else:
+            t.flags |= F_ACK_NOW
 
     def shut_rd(self):
         """SHUT_RD: buffered and future bytes are discarded (still acknowledged)."""

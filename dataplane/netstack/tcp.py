@@ -491,14 +491,13 @@ class TcpStack:
         # First: the sequence number.
         if not tcb.acceptable(segs, i):
             if not flags & RST:
-                tcb.ack_now()
+                tcb.duplicate(segs, i)  # an ACK, with D-SACK for old bytes
                 if state == S.TIME_WAIT and flags & FIN:
                     # The peer's FIN again (our ACK was lost): ACK it and restart the
                     # 2 MSL timeout (§3.10.7.4, TIME-WAIT under the eighth check).
                     tcb.user_at = now + 2 * MSL
                     self.counters["time_wait_fin_again"] += 1
                 self._transmit(conn, now)
-                return
             self.drops["out_of_window"] += 1
             return
         # Second: RST (RFC 5961 §3.2: only the exact sequence number resets).
