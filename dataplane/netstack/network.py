@@ -1,4 +1,4 @@
-"""In-process overlay sockets: UDP over the data plane, without a TUN device or root.
+"""In-process overlay sockets: UDP, ICMP and TCP over the data plane, without a TUN or root.
 
 Theory of operation: an ``OverlayNetwork`` is one overlay transport of a
 ``ThreadedDataPlane`` that owns a set of overlay addresses (IPv4 and/or IPv6), like a
@@ -22,6 +22,21 @@ with the per-packet work in ``_ip`` (nogil over whole PacketBatches):
   bounded receive queue of the socket bound to its destination address and port, or to
   the port on all our addresses (the two never coexist: binding either takes the port,
   as without SO_REUSEADDR). Replies to our own ``ping`` are matched here too.
+
+* **TCP** (``create_connection`` / ``create_server``): one ``TcpStack`` (``tcp.py``, over
+  the C engine ``_tcp.pyx``) holds every connection, under one lock. Each batch from the
+  data plane goes to it first, on the demux thread: it takes the TCP segments (marking
+  them consumed) and leaves the rest for the UDP and ICMP steps above; ICMP errors about
+  our segments are handed back to it. The demux thread also sleeps to the stack's
+  earliest timer and runs it (a timer that moves earlier interrupts the sleep), so idle
+  connections cost nothing. What the stack wants sent, on any thread, goes into one
+  ordered transmit queue that whichever thread finds it unowned hands to the driver after
+  releasing the TCP lock (``_tcp_flush``), so segments leave in the order they were built
+  and sealing runs outside the lock. The queue is bounded like Linux's TCP small queues
+  (``TX_PIPELINE`` segments, ``TX_DRIVER_QUEUE`` batches in the driver): a connection
+  beyond it holds its data until the queue drains, instead of filling local queues with
+  its congestion window. The socket objects are ``tcpsocket.py``; ``fdbridge.py`` gives a
+  connection a real descriptor.
 
 Everything a peer sends is data, never an exception: each drop is counted by reason in
 ``drops`` (``no_socket``, ``bad_checksum``, ``truncated``, ``not_udp``, ``fragment``,
