@@ -12,6 +12,11 @@ sequence number at the front of the payload).
 With ``--plain`` there is no data plane at all: the same sink and ``blast`` loop run on a
 kernel UDP socket, as the baseline of the end-to-end benchmark.
 
+TCP (``tests/test_tcp_interop.py``): the node runs TCP jobs on the overlay's TCP
+(``OverlayNetwork.create_connection`` / ``create_server``); with ``--kernel`` there is no
+data plane either and the same jobs run on the kernel's ``socket`` module, so one
+controller drives both ends of a kernel <-> ours transfer with the same code.
+
 Protocol: after start-up the node prints one JSON line ``{"ready": true, "port": P, ...}``;
 then every command line on stdin gets exactly one JSON line on stdout. Commands:
 
@@ -23,6 +28,11 @@ then every command line on stdin gets exactly one JSON line on stdout. Commands:
     sinkreset                         forget it
     stats                             drop counters and the peer's state
     rebind HOST:PORT                  move the underlay to a new UDP socket (roaming)
+    endpoint HOST:PORT                send to the peer at a new underlay endpoint
+    tcp role=ROLE key=value...        start a TCP job (``TcpJobs``): {"job": ID}
+    tcpwait job=ID timeout=T          its result once it ended: {"done": true, ...}
+    tcpconnect addr=A port=P [timeout=T]  one connect: {"ok": true} or the exception
+    tcpstats                          the overlay TCP stack's counters (not --kernel)
     quit
 
 Every wait is bounded; a closed stdin (the controller died) ends the process.
@@ -31,6 +41,8 @@ Every wait is bounded; a closed stdin (the controller died) ends the process.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import itertools
 import json
 import os
 import select
@@ -41,7 +53,9 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
+from typing import Any
 
 SEQ = struct.Struct("!Q")
 SCRIPT = Path(__file__).resolve()
@@ -195,7 +209,400 @@ def _blast(send, addr: tuple[str, int], n: int, size: int, limit: float = 20.0) 
     return {"sent": sent, "t0": t0, "t1": time.monotonic()}
 
 
-class OverlayNode:
+# -- TCP jobs ---------------------------------------------------------------------------------
+
+CHUNK = 1 << 20
+
+
+def _kv(words: tuple[str, ...]) -> dict[str, str]:
+    """``key=value`` words as a dict."""
+    out = {}
+    for w in words:
+        key, sep, value = w.partition("=")
+        if not sep:
+            raise ValueError(f"expected key=value, got {w!r}")
+        out[key] = value
+    return out
+
+
+def stream_out(sock: Any, total: int | None, seconds: float | None) -> dict:
+    """Send ``total`` bytes (or for ``seconds``) of random data, 1 MiB per ``sendall``;
+    each chunk starts with its index, so reordered or repeated chunks change the hash."""
+    block = os.urandom(CHUNK)
+    h = hashlib.sha256()
+    sent = 0
+    t0 = time.monotonic()
+    end = t0 + seconds if seconds else None
+    for i in itertools.count():
+        if total is not None and sent >= total:
+            break
+        if end is not None and time.monotonic() >= end:
+            break
+        n = CHUNK if total is None else min(CHUNK, total - sent)
+        chunk = bytearray(block[:n])
+        chunk[: min(8, n)] = SEQ.pack(i)[: min(8, n)]
+        sock.sendall(chunk)
+        h.update(chunk)
+        sent += n
+    return {"sent": sent, "sha256": h.hexdigest(), "send_seconds": time.monotonic() - t0}
+
+
+def stream_in(sock: Any, limit: int | None = None) -> dict:
+    """Read to the end of the stream (or ``limit`` bytes), hashing."""
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    h = hashlib.sha256()
+    got = 0
+    t0 = time.monotonic()
+    first = None
+    while limit is None or got < limit:
+        want = CHUNK if limit is None else min(CHUNK, limit - got)
+        n = sock.recv_into(view[:want])
+        if not n:
+            break
+        if first is None:
+            first = time.monotonic()
+        h.update(view[:n])
+        got += n
+    t1 = time.monotonic()
+    return {"bytes": got, "sha256": h.hexdigest(), "seconds": t1 - t0, "first": first, "t1": t1}
+
+
+def _read_line(sock: Any, limit: int = 4096) -> bytes:
+    line = b""
+    while not line.endswith(b"\n"):
+        c = sock.recv(1)
+        if not c or len(line) > limit:
+            break
+        line += c
+    return line
+
+
+def _tls_context(p: dict[str, str]) -> Any:
+    import ssl
+
+    if p["tls"] == "server":
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(p["cert"], p["key"])
+    else:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(p["ca"])
+    return ctx
+
+
+def _exc(e: BaseException) -> dict:
+    return {"exc": type(e).__name__, "errno": getattr(e, "errno", None), "message": str(e)}
+
+
+class _Job:
+    def __init__(self, target) -> None:
+        self.result: dict | None = None
+        self.thread = threading.Thread(target=self._run, args=(target,), daemon=True)
+        self.thread.start()
+
+    def _run(self, target) -> None:
+        try:
+            self.result = target()
+        except BaseException as e:  # noqa: BLE001 - reported to the controller
+            self.result = {"failed": True, **_exc(e), "traceback": traceback.format_exc(-6)}
+
+
+class TcpJobs:
+    """TCP commands over ``_connect`` / ``_listen`` / ``_accept`` (ours or the kernel's).
+
+    Roles of ``tcp role=ROLE``, each on one connection, and what its result holds:
+
+    * ``send addr port [bytes=N | seconds=S] [close=close|half|frame]``: connect, send.
+      ``close``: then close (the peer reads to EOF); ``half``: ``shutdown(SHUT_WR)``, then
+      read the peer's reply to EOF (a JSON line, then bytes); ``frame``: the data goes
+      after an 8-byte length and the peer's reply line is read before closing (for TLS,
+      which has no half-close). Result: sent, sha256, and the reply.
+    * ``sink addr port [reply=R] [close=...]``: listen (before the command returns), accept
+      one, read to EOF (or the framed length); with ``reply`` (half/frame) answer a JSON
+      line of what arrived and R more bytes, then close. Result: bytes, sha256, seconds.
+    * ``source addr port bytes=N|seconds=S``: listen, accept one, send, close.
+    * ``recv addr port``: connect, read to EOF.
+    * ``httpserve addr port dir``: listen; serve ``SimpleHTTPRequestHandler`` on every
+      connection accepted (a thread each) until the node ends. Result: requests served.
+    * ``httpget addr port path``: GET with ``http.client`` over our connection.
+
+    ``cc=NAME`` sets the connection's congestion control (TCP_CONGESTION);
+    ``tls=client ca=PEM`` / ``tls=server cert=PEM key=PEM`` wrap the connection
+    (``fd=1`` implied on ours: ``ssl`` needs a real descriptor); ``fd=1`` alone uses the
+    descriptor bridge without TLS; ``timeout`` (default 120 s) bounds every socket call.
+    """
+
+    def _tcp_state(self) -> tuple[dict[int, _Job], list[Any]]:
+        if not hasattr(self, "_tcp_jobs"):
+            self._tcp_jobs: dict[int, _Job] = {}
+            self._tcp_listeners: list[Any] = []
+            self._tcp_ids = itertools.count(1)
+        return self._tcp_jobs, self._tcp_listeners
+
+    def _tcp_close(self) -> None:
+        for lst in self._tcp_state()[1]:
+            try:
+                lst.close()
+            except OSError:
+                pass
+
+    # -- the connection, plain or TLS -----------------------------------------------------
+
+    def _open(self, p: dict[str, str]) -> Any:
+        tls = p.get("tls")
+        fd = bool(tls) or p.get("fd") == "1"
+        sock = self._connect(p["addr"], int(p["port"]), float(p.get("timeout", 120)), fd)
+        self._set_cc(sock, p)
+        if tls:
+            sock = _tls_context(p).wrap_socket(sock, server_hostname=p.get("host", p["addr"]))
+        return sock
+
+    def _take(self, lst: Any, p: dict[str, str]) -> Any:
+        tls = p.get("tls")
+        fd = bool(tls) or p.get("fd") == "1"
+        sock = self._accept(lst, float(p.get("timeout", 120)), fd)
+        self._set_cc(sock, p)
+        if tls:
+            sock = _tls_context(p).wrap_socket(sock, server_side=True)
+        return sock
+
+    @staticmethod
+    def _set_cc(sock: Any, p: dict[str, str]) -> None:
+        """``cc=NAME``: the congestion control of this connection (TCP_CONGESTION)."""
+        if "cc" in p:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, p["cc"].encode())
+
+    @staticmethod
+    def _info(sock: Any) -> dict | None:
+        info = getattr(sock, "tcp_info", None)
+        try:
+            return info() if info is not None else None
+        except OSError:
+            return None
+
+    # -- roles ----------------------------------------------------------------------------
+
+    def _send(self, sock: Any, p: dict[str, str]) -> dict:
+        mode = p.get("close", "close")
+        total = int(p["bytes"]) if "bytes" in p else None
+        seconds = float(p["seconds"]) if "seconds" in p else None
+        with sock:
+            t0 = time.monotonic()
+            if mode == "frame":
+                if total is None:
+                    raise ValueError("close=frame needs bytes=N")
+                sock.sendall(SEQ.pack(total))
+            r = stream_out(sock, total, seconds)
+            r["info"] = self._info(sock)
+            if mode == "half":
+                sock.shutdown(socket.SHUT_WR)
+                back = bytearray()
+                while chunk := sock.recv(CHUNK):
+                    back += chunk
+                line, _, rest = bytes(back).partition(b"\n")
+                r["reply"] = json.loads(line) if line else None
+                r["reply_bytes"] = len(rest)
+                r["reply_sha256"] = hashlib.sha256(rest).hexdigest()
+            elif mode == "frame":
+                line = _read_line(sock)
+                r["reply"] = json.loads(line) if line else None
+            r["seconds"] = time.monotonic() - t0
+        return r
+
+    def _sink(self, sock: Any, p: dict[str, str]) -> dict:
+        mode = p.get("close", "close")
+        with sock:
+            if mode == "frame":
+                head = b""
+                while len(head) < SEQ.size and (c := sock.recv(SEQ.size - len(head))):
+                    head += c
+                r = stream_in(sock, SEQ.unpack(head)[0] if len(head) == SEQ.size else 0)
+            else:
+                r = stream_in(sock)
+            r["info"] = self._info(sock)
+            if mode in ("half", "frame"):
+                tail = os.urandom(int(p.get("reply", 0)))
+                line = json.dumps({"bytes": r["bytes"], "sha256": r["sha256"]}).encode()
+                sock.sendall(line + b"\n" + tail)
+                r["reply_sha256"] = hashlib.sha256(tail).hexdigest()
+                if mode == "frame":  # the sender closes once it read the line
+                    while sock.recv(CHUNK):
+                        pass
+        return r
+
+    def _source(self, sock: Any, p: dict[str, str]) -> dict:
+        total = int(p["bytes"]) if "bytes" in p else None
+        seconds = float(p["seconds"]) if "seconds" in p else None
+        with sock:
+            r = stream_out(sock, total, seconds)
+            r["info"] = self._info(sock)
+        return r
+
+    def _recv(self, sock: Any, p: dict[str, str]) -> dict:
+        with sock:
+            r = stream_in(sock)
+            r["info"] = self._info(sock)
+        return r
+
+    def _http_serve(self, lst: Any, p: dict[str, str]) -> dict:
+        import functools
+        import http.server
+
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=p["dir"])
+        server = argparse.Namespace(server_name="overlay", server_port=int(p["port"]))
+        served = [0]
+
+        def one(sock: Any, address: Any) -> None:
+            try:
+                sock.settimeout(float(p.get("timeout", 60)))
+                handler(sock, address, server)
+                served[0] += 1
+                sock.shutdown(socket.SHUT_WR)  # as socketserver's shutdown_request
+            except OSError:
+                pass
+            finally:
+                sock.close()
+
+        while True:
+            try:
+                sock, address = self._accept_addr(lst, None)
+            except OSError:
+                return {"served": served[0]}
+            threading.Thread(target=one, args=(sock, address), daemon=True).start()
+
+    def _http_get(self, p: dict[str, str]) -> dict:
+        import http.client
+
+        jobs = self
+
+        class OverlayHTTPConnection(http.client.HTTPConnection):
+            def connect(self) -> None:
+                self.sock = jobs._connect(self.host, self.port, self.timeout, False)
+
+        t0 = time.monotonic()
+        conn = OverlayHTTPConnection(p["addr"], int(p["port"]), timeout=60)
+        try:
+            conn.request("GET", p["path"])
+            resp = conn.getresponse()
+            h = hashlib.sha256()
+            got = 0
+            while chunk := resp.read(CHUNK):
+                h.update(chunk)
+                got += len(chunk)
+            return {
+                "status": resp.status,
+                "bytes": got,
+                "sha256": h.hexdigest(),
+                "seconds": time.monotonic() - t0,
+            }
+        finally:
+            conn.close()
+
+    # -- commands -------------------------------------------------------------------------
+
+    def cmd_tcp(self, *words: str) -> dict:
+        p = _kv(words)
+        jobs, listeners = self._tcp_state()
+        role = p["role"]
+        if role in ("sink", "source", "httpserve"):
+            lst = self._listen(p["addr"], int(p["port"]))
+            listeners.append(lst)
+            if role == "httpserve":
+                target = lambda: self._http_serve(lst, p)  # noqa: E731
+            else:
+                serve = self._sink if role == "sink" else self._source
+
+                def target() -> dict:
+                    try:
+                        sock = self._take(lst, p)
+                    finally:
+                        lst.close()
+                    return serve(sock, p)
+
+        elif role in ("send", "recv"):
+            act = self._send if role == "send" else self._recv
+            target = lambda: act(self._open(p), p)  # noqa: E731
+        elif role == "httpget":
+            target = lambda: self._http_get(p)  # noqa: E731
+        else:
+            raise ValueError(f"unknown role {role!r}")
+        job_id = next(self._tcp_ids)
+        jobs[job_id] = _Job(target)
+        return {"job": job_id}
+
+    def cmd_tcpwait(self, *words: str) -> dict:
+        p = _kv(words)
+        job = self._tcp_state()[0][int(p["job"])]
+        job.thread.join(float(p.get("timeout", 60)))
+        if job.thread.is_alive():
+            return {"done": False}
+        return {"done": True, **(job.result or {})}
+
+    def cmd_tcpconnect(self, *words: str) -> dict:
+        p = _kv(words)
+        t0 = time.monotonic()
+        try:
+            sock = self._connect(p["addr"], int(p["port"]), float(p.get("timeout", 10)), False)
+        except OSError as e:
+            return {"ok": False, "elapsed": time.monotonic() - t0, **_exc(e)}
+        sock.close()
+        return {"ok": True, "elapsed": time.monotonic() - t0}
+
+
+class OverlayTcp(TcpJobs):
+    """The jobs on our overlay TCP (``self.net``)."""
+
+    net: Any
+
+    def _connect(self, addr: str, port: int, timeout: float | None, fd: bool) -> Any:
+        return self.net.create_connection((addr, port), timeout, fd=fd)
+
+    def _listen(self, addr: str, port: int) -> Any:
+        return self.net.create_server((addr, port))
+
+    def _accept_addr(self, lst: Any, timeout: float | None, fd: bool = False) -> Any:
+        sock, address = lst.accept(timeout=timeout, fd=fd)
+        sock.settimeout(timeout)
+        return sock, address
+
+    def _accept(self, lst: Any, timeout: float | None, fd: bool) -> Any:
+        return self._accept_addr(lst, timeout, fd)[0]
+
+    def cmd_tcpstats(self) -> dict:
+        return self.net.tcp_stats()
+
+
+class KernelNode(TcpJobs):
+    """``--kernel``: the same TCP jobs on the kernel's sockets, no data plane."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.public_key = None
+
+    @property
+    def port(self) -> int:
+        return 0
+
+    def _connect(self, addr: str, port: int, timeout: float | None, fd: bool) -> Any:
+        return socket.create_connection((addr, port), timeout)
+
+    def _listen(self, addr: str, port: int) -> Any:
+        family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+        return socket.create_server((addr, port), family=family, backlog=128)
+
+    def _accept_addr(self, lst: Any, timeout: float | None, fd: bool = False) -> Any:
+        lst.settimeout(timeout)
+        sock, address = lst.accept()
+        sock.settimeout(timeout)
+        return sock, address
+
+    def _accept(self, lst: Any, timeout: float | None, fd: bool) -> Any:
+        return self._accept_addr(lst, timeout)[0]
+
+    def close(self) -> None:
+        self._tcp_close()
+
+
+class OverlayNode(OverlayTcp):
     def __init__(self, args: argparse.Namespace) -> None:
         from dataplane.core import DataPlane
         from dataplane.driver import ThreadedDataPlane
@@ -340,8 +747,14 @@ class OverlayNode:
         old.close()
         return {"port": self.port}
 
+    def cmd_endpoint(self, endpoint: str) -> dict:
+        with self.driver.locked() as core:
+            core.update_peer(self.peer, endpoint=_endpoint(endpoint))
+        return {"ok": True}
+
     def close(self) -> None:
         self.stop.set()
+        self._tcp_close()
         self.net.close()
         self.udp.close()
         self.driver.close()
@@ -396,6 +809,7 @@ class PlainNode:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--plain", action="store_true", help="kernel UDP socket only (baseline)")
+    p.add_argument("--kernel", action="store_true", help="TCP jobs on kernel sockets only")
     p.add_argument("--key", help="our private key (base64)")
     p.add_argument("--bind", default="127.0.0.1:0", help="underlay UDP HOST:PORT")
     p.add_argument("--addr", action="append", default=[], help="our overlay address")
@@ -408,7 +822,10 @@ def main() -> int:
     p.add_argument("--sink-port", type=int, default=9)
     p.add_argument("--sink-queue", type=int, default=1024, help="sink receive queue depth")
     args = p.parse_args()
-    node = PlainNode(args) if args.plain else OverlayNode(args)
+    if args.kernel:
+        node: Any = KernelNode(args)
+    else:
+        node = PlainNode(args) if args.plain else OverlayNode(args)
     out = sys.stdout
     try:
         out.write(json.dumps({"ready": True, "port": node.port, "pid": os.getpid()}) + "\n")

@@ -15,6 +15,11 @@ test failed half-way through setting it up:
 * ``veth`` joins two namespaces, ``link_up`` gives an interface addresses and brings it up.
 * ``inside`` runs a block with this thread in a namespace (to create a socket or a TUN
   there; the file descriptor keeps working after the thread comes back).
+* ``netem`` impairs a link for a ``with`` block (``tc qdisc … netem``, removed after);
+  ``ss`` gives the kernel's view of a namespace's TCP connections (``ss -tin``).
+* ``UdpImpair`` is netem for one UDP flow in userspace (a relay in C, built with ``gcc``
+  on first use), for kernels built without ``sch_netem`` (``netem_supported`` tells);
+  ``Impairment`` describes either's delay, loss, reordering and duplication.
 * ``WireguardGo`` runs ``wireguard-go -f`` in a namespace (``ip netns exec`` execs it in
   place, so the PID we hold is wireguard-go's), waits for its UAPI socket, configures it
   with ``wg set`` and stops it by PID: SIGTERM, then SIGKILL, then the removal of a UAPI
@@ -26,13 +31,16 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
+import select
 import shutil
 import signal
 import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from conftest import skip_or_fail
@@ -46,6 +54,10 @@ INSTALL_HINT = {
     "wg": "apt-get install wireguard-tools",
     "ip": "apt-get install iproute2",
     "iperf3": "apt-get install iperf3",
+    "tc": "apt-get install iproute2",
+    "ss": "apt-get install iproute2",
+    "curl": "apt-get install curl",
+    "gcc": "apt-get install gcc",
 }
 
 
@@ -219,6 +231,390 @@ def inside(ns: str) -> Iterator[None]:
     finally:
         os.close(own)
         os.close(target)
+
+
+@contextlib.contextmanager
+def netem(links: Iterable[tuple[str, str]], *params: str) -> Iterator[None]:
+    """``tc qdisc add dev DEV root netem PARAMS`` on every (namespace, device) of ``links``
+    for the block, deleted after (also when the block failed or a later ``add`` did)."""
+    done: list[tuple[str, str]] = []
+    try:
+        for ns, dev in links:
+            in_ns(ns, "tc", "qdisc", "add", "dev", dev, "root", "netem", *params)
+            done.append((ns, dev))
+        yield
+    finally:
+        for ns, dev in done:
+            in_ns(ns, "tc", "qdisc", "del", "dev", dev, "root", check=False)
+
+
+def ss(ns: str, *filters: str) -> str:
+    """``ss -tin`` in ``ns`` (cwnd, rtt, retransmits, wscale, …), for a failure message."""
+    return in_ns(ns, "ss", "-tina", *filters, check=False, timeout=10).stdout
+
+
+def netem_supported(ns: str) -> bool:
+    """Whether this kernel has ``sch_netem`` (tried on ``lo`` of namespace ``ns``)."""
+    r = in_ns(ns, "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms", check=False)
+    if r.returncode:
+        return False
+    in_ns(ns, "tc", "qdisc", "del", "dev", "lo", "root", check=False)
+    return True
+
+
+@dataclass(frozen=True)
+class Impairment:
+    """What netem does to one direction: a constant delay (seconds), and the shares (0..1)
+    of packets lost, sent at once past the delayed ones (netem's ``reorder``, which needs a
+    delay), and duplicated; ``limit`` packets at most wait (netem's default is 1000)."""
+
+    delay: float = 0.0
+    loss: float = 0.0
+    reorder: float = 0.0
+    duplicate: float = 0.0
+    limit: int = 100000
+
+    def netem(self) -> tuple[str, ...]:
+        """As ``tc qdisc add … netem`` arguments."""
+        args = ["limit", str(self.limit), "delay", f"{self.delay * 1000:g}ms"]
+        for name, share in (("loss", self.loss), ("reorder", self.reorder)):
+            if share:
+                args += [name, f"{share * 100:g}%"]
+        if self.duplicate:
+            args += ["duplicate", f"{self.duplicate * 100:g}%"]
+        return tuple(args)
+
+    def relay(self) -> str:
+        """As ``UdpImpair``'s ``set`` arguments (microseconds, parts per million)."""
+        ppm = [round(x * 1_000_000) for x in (self.loss, self.reorder, self.duplicate)]
+        return " ".join(str(v) for v in (round(self.delay * 1e6), *ppm, self.limit))
+
+
+UDP_IMPAIR_C = r"""
+/* udp_impair: a netem-like relay for one UDP flow, for kernels without sch_netem.
+ *
+ *   udp_impair SEED A_IP A_PORT A_PEER_IP A_PEER_PORT B_IP B_PORT B_PEER_IP B_PEER_PORT
+ *
+ * What arrives on socket A (from anyone: A's peer) leaves from socket B to B's peer
+ * (direction "ab"), and what arrives on B leaves from A to A's peer ("ba"). Each
+ * direction has netem's impairments: a constant delay (a FIFO of due times), loss,
+ * reordering (that share of packets goes out at once, jumping the delayed ones, as
+ * netem's "reorder" does) and duplication, and a queue limit (beyond it: dropped).
+ * Commands on stdin, one reply line each on stdout:
+ *   set DIR DELAY_US LOSS_PPM REORDER_PPM DUP_PPM LIMIT  -> ok
+ *   stats                                                -> a JSON line of counters
+ * It prints "ready" once both sockets are bound, and exits at the end of stdin.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define SLOT 2048
+#define QCAP 16384
+#define BATCH 64
+
+struct pkt { uint64_t due; uint32_t len; unsigned char data[SLOT]; };
+
+struct dir {
+    const char *name;
+    int in_fd, out_fd;
+    struct sockaddr_in to;
+    uint64_t delay_ns;
+    uint32_t loss, reorder, dup, limit; /* parts per million; packets */
+    struct pkt *q;
+    uint32_t head, count;
+    unsigned long long rx, tx, lost, dups, reordered, overflow, send_errors;
+};
+
+static uint64_t rng_state;
+
+static uint32_t ppm(void) {
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (uint32_t)(rng_state % 1000000u);
+}
+
+static uint64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static int udp_socket(const char *ip, int port) {
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    int size = 16 << 20;
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
+    if (fd < 0 || inet_pton(AF_INET, ip, &sa.sin_addr) != 1) return -1;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &size, sizeof size);
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &size, sizeof size);
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) return -1;
+    return fd;
+}
+
+static void send_now(struct dir *d, const unsigned char *data, uint32_t len) {
+    if (sendto(d->out_fd, data, len, 0, (struct sockaddr *)&d->to, sizeof d->to) < 0)
+        d->send_errors++;
+    else
+        d->tx++;
+}
+
+static void enqueue(struct dir *d, const unsigned char *data, uint32_t len, uint64_t due) {
+    if (d->count >= d->limit || d->count >= QCAP) {
+        d->overflow++;
+        return;
+    }
+    struct pkt *p = &d->q[(d->head + d->count) % QCAP];
+    p->due = due;
+    p->len = len;
+    memcpy(p->data, data, len);
+    d->count++;
+}
+
+static void flush(struct dir *d, uint64_t now) {
+    struct mmsghdr msgs[BATCH];
+    struct iovec iov[BATCH];
+    while (d->count && d->q[d->head].due <= now) {
+        int n = 0;
+        while (n < BATCH && n < (int)d->count) {
+            struct pkt *p = &d->q[(d->head + n) % QCAP];
+            if (p->due > now) break;
+            iov[n].iov_base = p->data;
+            iov[n].iov_len = p->len;
+            memset(&msgs[n].msg_hdr, 0, sizeof msgs[n].msg_hdr);
+            msgs[n].msg_hdr.msg_name = &d->to;
+            msgs[n].msg_hdr.msg_namelen = sizeof d->to;
+            msgs[n].msg_hdr.msg_iov = &iov[n];
+            msgs[n].msg_hdr.msg_iovlen = 1;
+            n++;
+            if ((d->head + n) % QCAP == 0) break; /* keep the batch contiguous */
+        }
+        int sent = sendmmsg(d->out_fd, msgs, n, 0);
+        if (sent <= 0) {
+            d->send_errors++;
+            sent = 1; /* drop the packet it refused */
+        } else {
+            d->tx += sent;
+        }
+        d->head = (d->head + sent) % QCAP;
+        d->count -= sent;
+    }
+}
+
+static void receive(struct dir *d) {
+    static unsigned char bufs[BATCH][SLOT];
+    struct mmsghdr msgs[BATCH];
+    struct iovec iov[BATCH];
+    for (int round = 0; round < 16; round++) {
+        for (int i = 0; i < BATCH; i++) {
+            iov[i].iov_base = bufs[i];
+            iov[i].iov_len = SLOT;
+            memset(&msgs[i].msg_hdr, 0, sizeof msgs[i].msg_hdr);
+            msgs[i].msg_hdr.msg_iov = &iov[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+        }
+        int n = recvmmsg(d->in_fd, msgs, BATCH, MSG_DONTWAIT, NULL);
+        if (n <= 0) return;
+        uint64_t now = now_ns();
+        for (int i = 0; i < n; i++) {
+            uint32_t len = msgs[i].msg_len;
+            d->rx++;
+            if (d->loss && ppm() < d->loss) {
+                d->lost++;
+                continue;
+            }
+            int copies = (d->dup && ppm() < d->dup) ? 2 : 1;
+            d->dups += copies - 1;
+            for (int c = 0; c < copies; c++) {
+                if (d->reorder && ppm() < d->reorder) {
+                    d->reordered++;
+                    send_now(d, bufs[i], len);
+                } else {
+                    enqueue(d, bufs[i], len, now + d->delay_ns);
+                }
+            }
+        }
+        if (n < BATCH) return;
+    }
+}
+
+static void stats(struct dir *d, int last) {
+    printf("\"%s\": {\"rx\": %llu, \"tx\": %llu, \"lost\": %llu, \"duplicated\": %llu, "
+           "\"reordered\": %llu, \"overflow\": %llu, \"send_errors\": %llu, \"queued\": %u}%s",
+           d->name, d->rx, d->tx, d->lost, d->dups, d->reordered, d->overflow, d->send_errors,
+           d->count, last ? "" : ", ");
+}
+
+int main(int argc, char **argv) {
+    if (argc != 10) {
+        fprintf(stderr, "usage: %s SEED A_IP A_PORT A_PEER_IP A_PEER_PORT "
+                        "B_IP B_PORT B_PEER_IP B_PEER_PORT\n", argv[0]);
+        return 2;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    rng_state = strtoull(argv[1], NULL, 10) * 2654435761u + 88172645463325252ull;
+    int a = udp_socket(argv[2], atoi(argv[3]));
+    int b = udp_socket(argv[6], atoi(argv[7]));
+    if (a < 0 || b < 0) {
+        perror("bind");
+        return 1;
+    }
+    struct dir dirs[2] = {
+        {.name = "ab", .in_fd = a, .out_fd = b, .limit = 1000},
+        {.name = "ba", .in_fd = b, .out_fd = a, .limit = 1000},
+    };
+    const char *peer_ip[2] = {argv[8], argv[4]};
+    const char *peer_port[2] = {argv[9], argv[5]};
+    for (int i = 0; i < 2; i++) {
+        dirs[i].to.sin_family = AF_INET;
+        dirs[i].to.sin_port = htons(atoi(peer_port[i]));
+        if (inet_pton(AF_INET, peer_ip[i], &dirs[i].to.sin_addr) != 1) return 2;
+        dirs[i].q = calloc(QCAP, sizeof(struct pkt));
+        if (!dirs[i].q) return 1;
+    }
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    printf("ready\n");
+    char line[256];
+    size_t fill = 0;
+    for (;;) {
+        uint64_t now = now_ns();
+        flush(&dirs[0], now);
+        flush(&dirs[1], now);
+        struct timespec ts, *tsp = NULL;
+        uint64_t next = UINT64_MAX;
+        for (int i = 0; i < 2; i++) {
+            struct dir *d = &dirs[i];
+            if (d->count && d->q[d->head].due < next) next = d->q[d->head].due;
+        }
+        if (next != UINT64_MAX) {
+            uint64_t wait = next > now ? next - now : 0;
+            ts.tv_sec = wait / 1000000000u;
+            ts.tv_nsec = wait % 1000000000u;
+            tsp = &ts;
+        }
+        struct pollfd fds[3] = {{a, POLLIN, 0}, {b, POLLIN, 0}, {0, POLLIN, 0}};
+        if (ppoll(fds, 3, tsp, NULL) < 0 && errno != EINTR) return 1;
+        if (fds[0].revents & POLLIN) receive(&dirs[0]);
+        if (fds[1].revents & POLLIN) receive(&dirs[1]);
+        if (fds[2].revents & (POLLIN | POLLHUP)) {
+            ssize_t r = read(0, line + fill, sizeof line - 1 - fill);
+            if (r <= 0) return 0;
+            fill += (size_t)r;
+            line[fill] = 0;
+            char *nl;
+            while ((nl = strchr(line, '\n'))) {
+                *nl = 0;
+                char which[8];
+                unsigned long long delay_us;
+                unsigned loss, reorder, dup, limit;
+                if (sscanf(line, "set %7s %llu %u %u %u %u", which, &delay_us, &loss, &reorder,
+                           &dup, &limit) == 6) {
+                    struct dir *d = strcmp(which, "ab") == 0 ? &dirs[0] : &dirs[1];
+                    d->delay_ns = delay_us * 1000u;
+                    d->loss = loss, d->reorder = reorder, d->dup = dup, d->limit = limit;
+                    printf("ok\n");
+                } else if (strcmp(line, "stats") == 0) {
+                    printf("{");
+                    stats(&dirs[0], 0);
+                    stats(&dirs[1], 1);
+                    printf("}\n");
+                } else {
+                    printf("{\"unknown\": true}\n");
+                }
+                size_t used = (size_t)(nl + 1 - line);
+                memmove(line, nl + 1, fill - used + 1);
+                fill -= used;
+            }
+            if (fill >= sizeof line - 1) fill = 0;
+        }
+    }
+}
+"""
+
+
+def build_udp_impair(workdir: Path) -> str:
+    """Compile the relay (once per ``workdir``); returns the executable's path."""
+    exe = workdir / "udp_impair"
+    if not exe.exists():
+        src = workdir / "udp_impair.c"
+        src.write_text(UDP_IMPAIR_C)
+        run("gcc", "-O2", "-o", str(exe), str(src), timeout=60)
+    return str(exe)
+
+
+class UdpImpair:
+    """netem for one UDP flow, in userspace: socket A (for A's peer to send to) and socket B
+    (for B's peer), both bound in namespace ``ns``; what A receives leaves from B to B's
+    peer (direction "ab"), what B receives leaves from A to A's peer ("ba"), each delayed,
+    dropped, reordered and duplicated as ``set`` says. Point the two peers' endpoints at B
+    and A. ``stop`` ends it by PID."""
+
+    def __init__(
+        self,
+        ns: str,
+        exe: str,
+        a: tuple[str, int],
+        a_peer: tuple[str, int],
+        b: tuple[str, int],
+        b_peer: tuple[str, int],
+        seed: int = 1,
+    ) -> None:
+        self.a, self.b = a, b
+        args = [str(seed)]
+        for host, port in (a, a_peer, b, b_peer):
+            args += [host, str(port)]
+        self.proc: subprocess.Popen | None = popen_in(
+            ns, exe, *args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        try:
+            self._line("start")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _line(self, what: str, timeout: float = 10) -> str:
+        assert self.proc is not None and self.proc.stdout is not None
+        if not select.select([self.proc.stdout], [], [], timeout)[0]:
+            raise RuntimeError(f"udp_impair: no answer to {what} within {timeout} s")
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"udp_impair exited ({self.proc.poll()}) on {what}")
+        return line.strip()
+
+    def _cmd(self, line: str) -> str:
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        return self._line(line)
+
+    def set(self, direction: str, impairment: Impairment | None) -> None:
+        """Impair direction "ab" or "ba" (None: pass everything at once)."""
+        spec = (impairment or Impairment()).relay()
+        if self._cmd(f"set {direction} {spec}") != "ok":
+            raise RuntimeError(f"udp_impair refused set {direction} {spec}")
+
+    def stats(self) -> dict:
+        return json.loads(self._cmd("stats"))
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        stop(proc)
+        for f in (proc.stdin, proc.stdout):
+            if f is not None:
+                with contextlib.suppress(OSError):
+                    f.close()
 
 
 # -- wireguard-go -------------------------------------------------------------------------------

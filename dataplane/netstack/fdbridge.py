@@ -1,12 +1,12 @@
-"""Real descriptors for overlay TCP connections: one end of a socketpair, pumped.
+"""Real descriptors for overlay TCP connections: one end of a loopback pair, pumped.
 
 Theory of operation: some libraries need a genuine ``socket.socket`` (``ssl`` on a real
 descriptor, asyncio's ``sock=``, paramiko's ``Transport(sock)``, anything that calls
 ``select`` on it). ``TcpSocket.socket()`` hands its connection to the network's
-``FdBridge``: the application gets one end of a ``socketpair(AF_UNIX, SOCK_STREAM)``,
-and one named pump thread per network moves bytes between the other end and the TCP
-connection, for every bridged connection at once (a selector over the inner ends plus an
-eventfd the netstack writes when a connection has news).
+``FdBridge``: the application gets one end of a connected pair of sockets, and one named
+pump thread per network moves bytes between the other end and the TCP connection, for
+every bridged connection at once (a selector over the inner ends plus an eventfd the
+netstack writes when a connection has news).
 
 Both directions keep the socket semantics: back-pressure (the pump reads from the
 application only what the TCP send buffer takes, and writes to it only what its socket
@@ -17,6 +17,13 @@ reset of the pair (the inner end closes with SO_LINGER 0), so the application se
 ``ConnectionResetError``. When the application closes its end, the connection is closed
 like ``TcpSocket.close``. The cost is a copy through the kernel each way; the benchmarks
 measure it against the native object.
+
+The pair is a TCP connection over 127.0.0.1 (made through one listening socket per
+bridge, whose accepted end is checked to be ours), not an AF_UNIX ``socketpair``: a
+reset can reach the application only as TCP's (SO_LINGER 0), and libraries that look at
+the family (``ssl``, asyncio) treat it as the TCP socket it stands for. ``getpeername``
+of the application's end is therefore the loopback pump, not the overlay peer: the peer's
+address is what ``accept`` returned, or what was connected to.
 """
 
 from __future__ import annotations
@@ -35,9 +42,6 @@ from dataplane.netstack.tcp import State
 if TYPE_CHECKING:
     from dataplane.netstack.network import OverlayNetwork
     from dataplane.netstack.tcpsocket import TcpSocket
-
-PAIR_BUFFER = 1 << 20
-"""SO_SNDBUF / SO_RCVBUF of each end of the pair (bytes)."""
 
 CHUNK = 1 << 18
 
@@ -80,6 +84,8 @@ class FdBridge:
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._sel.register(self._wake, selectors.EVENT_READ, None)
         self._lock = threading.Lock()
+        self._pair_lock = threading.Lock()
+        self._listener: socket.socket | None = None
         self._dirty: set[_Entry] = set()
         self._entries: set[_Entry] = set()
         self._closed = False
@@ -90,20 +96,19 @@ class FdBridge:
 
     def attach(self, sock: TcpSocket) -> socket.socket:
         """Give ``sock``'s connection a real descriptor; returns the application's end."""
-        outer, inner = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        outer, inner = self._pair()
         for s in (outer, inner):
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, PAIR_BUFFER)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, PAIR_BUFFER)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         inner.setblocking(False)
         outer.settimeout(sock.gettimeout())
         with self._net._tcp_call():
-            if sock._closed:
+            if sock._released:
                 outer.close()
                 inner.close()
                 raise OSError(errno.EBADF, "socket is closed")
             entry = _Entry(self, sock._conn, inner)
             sock._conn.owner = entry
-            sock._closed = True  # handed over: the TcpSocket object is done
+            sock._closed = sock._released = True  # handed over: the TcpSocket is done
             if sock._ready is not None:
                 sock._ready.close()
                 sock._ready = None
@@ -111,6 +116,26 @@ class FdBridge:
                 self._entries.add(entry)
             self._mark(entry)
         return outer
+
+    def _pair(self) -> tuple[socket.socket, socket.socket]:
+        """A connected pair of loopback TCP sockets: (the application's, the pump's)."""
+        with self._pair_lock:
+            if self._listener is None:
+                self._listener = socket.create_server(("127.0.0.1", 0), backlog=16)
+                self._listener.settimeout(5)
+            outer = socket.create_connection(self._listener.getsockname(), timeout=5)
+            try:
+                ours = outer.getsockname()
+                while True:
+                    inner, peer = self._listener.accept()
+                    if peer == ours:
+                        break
+                    inner.close()  # somebody else on this host: not a pair of ours
+            except BaseException:
+                outer.close()
+                raise
+        inner.settimeout(None)
+        return outer, inner
 
     def _mark(self, entry: _Entry) -> None:
         with self._lock:
@@ -124,6 +149,8 @@ class FdBridge:
             self._thread.join(5)
         for entry in list(self._entries):
             entry.inner.close()
+        if self._listener is not None:
+            self._listener.close()
         self._sel.close()
         os.close(self._wake)
 
@@ -247,7 +274,10 @@ class FdBridge:
         e.mask = mask
 
     def _app_gone(self, e: _Entry, stack: Any, now: float) -> None:
-        stack.close(e.conn, now)
+        # The application's end is closed (its kernel reset the pair: it closed with
+        # bytes unread, or we wrote to a closed socket): reset the connection, as a
+        # kernel socket closed that way does.
+        stack.close(e.conn, now, abort=True)
         self._finish(e)
 
     def _reset_app(self, e: _Entry) -> None:

@@ -685,15 +685,17 @@ class OverlayNetwork:
         """Wait on ``cond`` (TCP lock held) after sending what is queued: a caller that
         queued data and then waits for the peer must not sit on its own segments."""
         self._tcp_collect()
-        if self._tx_fifo:
+        if self._tx_fifo and not self._tx_flush_lock.locked():
             self._tcp_lock.release()
             try:
-                flushed = self._tcp_flush()
+                self._tcp_flush()
             finally:
                 self._tcp_lock.acquire()
-            if flushed:
-                return  # the state may have moved meanwhile: the caller looks again
-            # else another thread is sending (ours too): wait as usual
+            # The lock was let go: whatever we would wait for may have happened, and its
+            # notification gone by. The caller looks again before waiting.
+            return
+        # Nothing of ours to send, or its holder sends it (it looks at the queue again
+        # after releasing): wait, the lock held since the caller last looked.
         cond.wait(timeout)
 
     def _tcp_reschedule(self, conn: Any) -> None:

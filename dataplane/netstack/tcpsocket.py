@@ -148,7 +148,8 @@ class TcpSocket(_TimeoutMixin):
         conn.owner = self
         self._cond = net._tcp_condition()
         self._timeout = timeout
-        self._closed = False
+        self._closed = False  # close() was called (makefile() objects may still read)
+        self._released = False  # the connection is given back to the stack, or handed over
         self._ready: Readiness | None = None
         self._linger: tuple[int, int] = (0, 0)
         self._io_refs = 0
@@ -259,7 +260,7 @@ class TcpSocket(_TimeoutMixin):
         return bool(c.tcb.fin_received or c.shut_rd or c.error or c.tcb.id < 0)
 
     def _check_open(self) -> None:
-        if self._closed:
+        if self._released:
             raise os_error(errno.EBADF, "socket is closed")
 
     def _check_send(self) -> None:
@@ -306,6 +307,9 @@ class TcpSocket(_TimeoutMixin):
         self._real_close()
 
     def _real_close(self) -> None:
+        if self._released:
+            return
+        self._released = True
         onoff, seconds = self._linger
         with self._net._tcp_call() as stack:
             c = self._conn
