@@ -10,9 +10,9 @@ the same run: A runs ``dataplane up`` too and the same Python loops use kernel s
 both sides are kernel TCP through two of our interfaces. Each direction streams for
 ``--seconds`` (a sender loop of ``sendall`` of 1 MiB, a receiver loop of ``recv_into``;
 the bytes are counted at the receiver). ``--delay-ms`` (RTT = 2 x delay), ``--loss``,
-``--reorder`` and ``--duplicate`` impair the WireGuard underlay through
-``tests/udp_relay.py`` in B (this kernel has no netem), the same for both cases. Not
-collected by pytest.
+``--reorder`` and ``--duplicate`` impair both directions of the WireGuard underlay
+through ``tests/netns.py``'s ``UdpImpair`` relay in B (netem's semantics; this kernel has
+no netem), the same for both cases. Not collected by pytest.
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+sys.path.insert(0, str(REPO / "tests"))
+from netns import Impairment, UdpImpair, build_udp_impair  # noqa: E402
 
 from dataplane.wireguard.keys import PrivateKey  # noqa: E402
 
@@ -175,18 +178,24 @@ def stream(ns_a: str, ns_b: str, a_kind: str, a_sends: bool, seconds: float, key
 RELAYED = False
 
 
-def start_relay(ns: str, args) -> subprocess.Popen:
-    """The impairment relay in B, in front of B's WireGuard port."""
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    relay = subprocess.Popen(
-        ["ip", "netns", "exec", ns, sys.executable, str(REPO / "tests" / "udp_relay.py"),
-         "--listen", f"10.98.0.2:{RELAY_PORT}", "--target", "127.0.0.1:51821",
-         "--via", f"127.0.0.1:{RELAY_PORT + 1}", "--near", "10.98.0.1:51820",
-         "--delay-ms", str(args.delay_ms), "--loss", str(args.loss),
-         "--reorder", str(args.reorder), "--duplicate", str(args.duplicate)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
-    assert relay.stdout is not None and json.loads(relay.stdout.readline())["ready"]
+def start_relay(ns: str, args, tmp: Path) -> UdpImpair:
+    """The impairment relay in B, in front of B's WireGuard port, both ways impaired."""
+    relay = UdpImpair(
+        ns,
+        build_udp_impair(tmp),
+        ("10.98.0.2", RELAY_PORT),
+        ("10.98.0.1", 51820),
+        ("127.0.0.1", RELAY_PORT + 1),
+        ("127.0.0.1", 51821),
+    )
+    imp = Impairment(
+        delay=args.delay_ms / 1000,
+        loss=args.loss,
+        reorder=args.reorder,
+        duplicate=args.duplicate,
+    )
+    relay.set("ab", imp)
+    relay.set("ba", imp)
     return relay
 
 
@@ -205,6 +214,7 @@ def measure(seconds: float, args) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         procs: list[subprocess.Popen] = []
+        relay: UdpImpair | None = None
         try:
             for n in ns:
                 sh("ip", "netns", "del", n, check=False)
@@ -217,7 +227,7 @@ def measure(seconds: float, args) -> dict[str, float]:
                 sh("ip", "-n", n, "link", "set", f"veth{i}", "up")
             procs.append(start_up(ns[1], names[1], tmp, 1, keys))
             if RELAYED:
-                procs.append(start_relay(ns[1], args))
+                relay = start_relay(ns[1], args, tmp)
             # Ours: the in-process stack in A (its UDP socket is on the veth).
             out["ours_a_to_b"] = stream(ns[0], ns[1], "overlay", True, seconds, keys)
             out["ours_b_to_a"] = stream(ns[0], ns[1], "overlay", False, seconds, keys)
@@ -226,9 +236,9 @@ def measure(seconds: float, args) -> dict[str, float]:
             out["kernel_a_to_b"] = stream(ns[0], ns[1], "kernel", True, seconds, keys)
             out["kernel_b_to_a"] = stream(ns[0], ns[1], "kernel", False, seconds, keys)
         finally:
+            if relay is not None:
+                relay.stop()
             for p in procs:
-                if p.stdin is not None:
-                    p.stdin.close()
                 if p.poll() is None:
                     p.terminate()
                     try:
