@@ -141,6 +141,12 @@ ctypedef struct tcb_t:
     double cubic_wmax       # in segments
     double cubic_west       # TCP-friendly estimate, in segments
     uint8_t cc              # CC_* (_tcp.pyx)
+    uint32_t hs_round_end   # HyStart++ (RFC 9406): the round ends when this is acked
+    double hs_cur_min       # the round's smallest RTT sample, 0 before the first
+    double hs_last_min      # the previous round's
+    uint32_t hs_samples
+    uint32_t rtx_mark       # SND.NXT when the oldest retransmission in flight went out
+    uint64_t lost_retrans   # retransmissions found lost (a later send was SACKed)
 
     # SACK scoreboard: disjoint, sorted ranges above snd_una the peer has SACKed
     uint32_t n_sacked
@@ -188,6 +194,8 @@ ctypedef struct tcb_t:
     double persist_at
     double keep_at
     double user_at          # TIME-WAIT, FIN-WAIT-2 and linger, set by Python
+    double pace_at          # pacing: output resumes then
+    double pace_next        # pacing: when the next segment is due
     double last_rcv         # last segment received (keepalive)
     uint32_t probes         # unanswered zero-window or keepalive probes
     uint32_t persist_shift  # persist timer backoff: doubles per probe until the window opens
@@ -203,6 +211,7 @@ ctypedef struct tcb_t:
     uint64_t retrans_segs
     uint64_t retrans_bytes
     uint64_t fast_recoveries
+    uint64_t hystart_exits
     uint64_t timeouts
     uint64_t dup_segs       # data segments wholly duplicate
     uint64_t ooo_segs

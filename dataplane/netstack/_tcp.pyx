@@ -147,6 +147,7 @@ cdef enum:
     T_KEEPALIVE = 1 << 3
     T_USER = 1 << 4
     T_TIMEDOUT = 1 << 5
+    T_PACE = 1 << 6
 
 # Results of _ack.
 cdef enum:
@@ -180,6 +181,9 @@ cdef double PERSIST_MAX = 60.0
 cdef double CUBIC_C = 0.4                # RFC 9438 §5
 cdef double CUBIC_BETA = 0.7
 cdef double TS_RECENT_VALID = 24.0 * 86400.0   # RFC 7323 §5.5: 24 days
+cdef double PACE_BURST = 0.001           # pacing lets this much run ahead of the clock
+cdef double PACE_SS_GAIN = 2.0           # Linux: 200 % of cwnd/srtt in slow start,
+cdef double PACE_CA_GAIN = 1.2           # 120 % after
 
 STATE_NAMES = ("CLOSED", "LISTEN", "SYN_SENT", "SYN_RECEIVED", "ESTABLISHED",
                "FIN_WAIT_1", "FIN_WAIT_2", "CLOSE_WAIT", "CLOSING", "LAST_ACK", "TIME_WAIT")
@@ -645,6 +649,44 @@ cdef void _cc_on_loss(tcb_t* t, uint32_t flight, double now) noexcept nogil:
     t.prior_cwnd = t.cwnd
 
 
+cdef void _hystart(tcb_t* t, double rtt, uint32_t ack) noexcept nogil:
+    """HyStart++ (RFC 9406 §4.2), without its conservative phase: leave slow start when
+    a round's smallest RTT grew by eta over the last round's, before the burst that
+    would overflow a queue."""
+    cdef double eta
+    if t.cwnd >= t.ssthresh or t.flags & (F_RECOVERY | F_LOSS):
+        return
+    if t.hs_cur_min == 0 or rtt < t.hs_cur_min:
+        t.hs_cur_min = rtt
+    t.hs_samples += 1
+    if t.hs_last_min > 0 and t.hs_samples >= 8 and t.cwnd >= 16 * <uint32_t>t.mss:
+        eta = t.hs_last_min / 8
+        eta = 0.004 if eta < 0.004 else (0.016 if eta > 0.016 else eta)
+        if t.hs_cur_min >= t.hs_last_min + eta:
+            t.ssthresh = t.cwnd            # the delay says the queue is filling
+            t.hystart_exits += 1
+            return
+    if ge(ack, t.hs_round_end):            # a round ends: start the next
+        t.hs_last_min = t.hs_cur_min
+        t.hs_cur_min = 0
+        t.hs_samples = 0
+        t.hs_round_end = t.snd_nxt
+
+
+cdef void _lost_retransmit(tcb_t* t) noexcept nogil:
+    """A retransmission is lost if data sent after it has been SACKed while its hole is
+    still open (Linux's lost-retransmit detection before RACK): send the holes again
+    instead of waiting for the retransmission timeout."""
+    if not (t.flags & (F_RECOVERY | F_LOSS)) or not gt(t.high_rxt, t.snd_una):
+        return
+    if t.n_sacked and gt(t.sacked_r[t.n_sacked - 1], t.rtx_mark) and \
+            gt(t.rtx_mark, t.snd_una) and (t.n_sacked == 0 or lt(t.snd_una, t.sacked_l[0])):
+        t.lost_retrans += 1
+        t.high_rxt = t.snd_una
+        t.rtx_mark = t.snd_una
+        t.events |= EV_OUTPUT
+
+
 cdef void _enter_recovery(tcb_t* t, double now) noexcept nogil:
     # RFC 6675 §5 step 4 / RFC 6582 §3.2 step 2.
     _cc_on_loss(t, t.snd_nxt - t.snd_una, now)
@@ -707,6 +749,7 @@ cdef uint8_t _ack(tcb_t* t, seg_t* s, double now) noexcept nogil:
     """Process SEG.ACK for a synchronized connection. The caller checked the ACK bit."""
     cdef uint32_t ack = s.ack
     cdef uint32_t acked, released, wnd
+    cdef double rtt
     cdef bint dup
     if gt(ack, t.snd_nxt):
         t.flags |= F_ACK_NOW
@@ -735,6 +778,7 @@ cdef uint8_t _ack(tcb_t* t, seg_t* s, double now) noexcept nogil:
             t.persist_shift = 0
     if t.flags & F_SACK and s.nsack:
         _sack_received(t, s)
+        _lost_retransmit(t)
     if gt(ack, t.snd_una):
         acked = ack - t.snd_una
         t.flight_before = t.snd_nxt - t.snd_una
@@ -763,11 +807,15 @@ cdef uint8_t _ack(tcb_t* t, seg_t* s, double now) noexcept nogil:
             if acked:
                 acked -= 1
         # RTT: timestamps (any ACK of new data; RFC 7323 §4.1) or the timed segment.
+        rtt = -1
         if t.flags & F_TS and s.has_ts and s.tsecr:
-            _rtt_sample(t, <double>(<int32_t>(ts_clock(t, now) - s.tsecr)) / 1000.0)
+            rtt = <double>(<int32_t>(ts_clock(t, now) - s.tsecr)) / 1000.0
         elif t.flags & F_RTT_TIMING and gt(ack, t.rtt_seq):
-            _rtt_sample(t, now - t.rtt_time)
+            rtt = now - t.rtt_time
             t.flags &= ~F_RTT_TIMING
+        if rtt >= 0:
+            _rtt_sample(t, rtt)
+            _hystart(t, rtt, ack)
         if lt(t.high_rxt, t.snd_una):
             t.high_rxt = t.snd_una
         _sacked_trim(t)
@@ -1223,6 +1271,19 @@ cdef Py_ssize_t _ack_points(tcb_t* t, PacketBatch b, double now) noexcept nogil:
     return built
 
 
+cdef inline void _paced(tcb_t* t, uint32_t size, double now) noexcept nogil:
+    # Pacing (as Linux's internal pacing): segments leave at gain x cwnd / srtt instead
+    # of in line-rate bursts of a whole window, which a shallow queue on the path (a
+    # wireguard-go peer's UDP socket) would drop. No RTT estimate yet: no pacing.
+    cdef double rate
+    if t.srtt <= 0 or t.cwnd == 0:
+        return
+    rate = t.cwnd / t.srtt * (PACE_SS_GAIN if t.cwnd < t.ssthresh else PACE_CA_GAIN)
+    if t.pace_next < now:
+        t.pace_next = now
+    t.pace_next += size / rate
+
+
 cdef inline uint32_t _sb_limit(tcb_t* t) noexcept nogil:
     # The send buffer the application may fill: SO_SNDBUF, or autotuned to four
     # congestion windows (at least 256 KiB) up to sb_max, as Linux's tcp_sndbuf_expand.
@@ -1292,6 +1353,9 @@ cdef Py_ssize_t _output(tcb_t* t, PacketBatch b, double now, Py_ssize_t budget) 
             t.flags |= F_CWND_LIMITED
             break
         t.flags &= ~F_CWND_LIMITED
+        if not forced and pipe and t.pace_next > now + PACE_BURST:
+            t.pace_at = t.pace_next     # the pacing timer sends the rest
+            break
         # The FIN rides on the segment that reaches it.
         fin = t.flags & F_FIN_QUEUED and seq + ln >= t.fin_seq and ge(t.fin_seq, seq) \
             and (not retx or gt(t.snd_nxt, t.fin_seq))
@@ -1304,8 +1368,11 @@ cdef Py_ssize_t _output(tcb_t* t, PacketBatch b, double now, Py_ssize_t budget) 
             break
         built += 1
         t.last_send = now
+        _paced(t, ln + 52, now)
         if retx:
             t.flags &= ~F_RETX_NOW
+            if t.rtx_mark == t.snd_una or not gt(t.high_rxt, t.snd_una):
+                t.rtx_mark = t.snd_nxt      # the first retransmission of this pass
             t.high_rxt = seq + ln + (1 if fin else 0)
             t.retrans_segs += 1
             t.retrans_bytes += ln
@@ -1371,6 +1438,8 @@ cdef inline double _deadline(tcb_t* t) noexcept nogil:
         d = t.keep_at
     if t.user_at and (d == 0 or t.user_at < d):
         d = t.user_at
+    if t.pace_at and (d == 0 or t.pace_at < d):
+        d = t.pace_at
     return d
 
 
@@ -1440,6 +1509,10 @@ cdef uint32_t _on_timer(tcb_t* t, PacketBatch b, double now) noexcept nogil:
     if t.user_at and t.user_at <= now:
         t.user_at = 0
         fired |= T_USER
+    if t.pace_at and t.pace_at <= now:
+        t.pace_at = 0
+        fired |= T_PACE
+        t.events |= EV_OUTPUT           # the caller's output sends what pacing held
     return fired
 
 
@@ -1905,6 +1978,7 @@ cdef class Tcb:
             "bytes_acked": <uint32_t>(t.snd_una - t.iss - 1) if t.flags & F_SYN_ACKED else 0,
             "retrans_segs": t.retrans_segs, "retrans_bytes": t.retrans_bytes,
             "fast_recoveries": t.fast_recoveries, "timeouts": t.timeouts,
+            "lost_retransmits": t.lost_retrans, "hystart_exits": t.hystart_exits,
             "dup_segs": t.dup_segs, "ooo_segs": t.ooo_segs, "ooo_dropped": t.ooo_dropped,
             "dsacks_sent": t.dsacks_sent,
             "window_drops": t.window_drops,

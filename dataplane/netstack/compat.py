@@ -13,7 +13,8 @@ leaves the rest of the library unchanged, and uses only the public API of
   exactly while ``accept`` would not block). ``get_request`` accepts with a zero timeout,
   so a spurious wake-up costs a ``BlockingIOError`` that ``socketserver`` already ignores,
   never a blocked server loop. Handlers get native ``TcpSocket`` objects, or real sockets
-  (``request_fd = True``, implied by ``ssl_context``) for handlers that need a descriptor;
+  (``request_fd = True``, implied by ``ssl_context``) for handlers that need a descriptor
+  (their ``getpeername`` is the local pump's; ``client_address`` is the overlay peer);
   with an ``ssl_context`` the accepted socket is wrapped server-side and the handshake
   runs in ``finish_request`` (the handler's thread, for the threading servers), not in the
   accept loop. ``OverlayHTTPServer`` differs from ``http.server.HTTPServer`` only in not
@@ -24,8 +25,8 @@ leaves the rest of the library unchanged, and uses only the public API of
   ``http.server.ThreadingHTTPServer``, which ``server_close`` does not wait for.
 * **http.client** (``OverlayHTTPConnection``, ``OverlayHTTPSConnection``): ``connect``
   uses ``net.create_connection``. HTTPS hands the connection to a real descriptor
-  (``TcpSocket.socket()``) after setting TCP_NODELAY on the overlay socket (the bridge's
-  descriptor is an AF_UNIX socket, which has no TCP options), then
+  (``TcpSocket.socket()``) after setting TCP_NODELAY on the overlay socket (an option
+  of the bridge's descriptor would only reach the local pump), then
   ``context.wrap_socket``.
 * **asyncio** (``open_connection``, ``start_server``): the event loop needs real
   descriptors, so both sides use bridged sockets (``create_connection(fd=True)`` /
@@ -35,7 +36,7 @@ leaves the rest of the library unchanged, and uses only the public API of
   the thread finishes. The server does not use a thread: ``loop.add_reader`` on the
   listener's readiness descriptor calls a non-blocking accept loop, so an idle server
   costs nothing and there is no polling. The writers' ``get_extra_info("peername")`` /
-  ``"sockname"`` give the overlay addresses (the bridge's AF_UNIX socket has none);
+  ``"sockname"`` give the overlay addresses (the bridge's socket names its local pump);
   ``wait_closed`` returns once the server is closed and its connections are gone (the
   Python 3.12 semantics).
 * **TLS**: ``ssl`` works unchanged on the real socket of ``TcpSocket.socket()`` or
@@ -257,7 +258,7 @@ class OverlayHTTPSConnection(http.client.HTTPSConnection):
             self._tunnel()  # type: ignore[attr-defined]
         server_hostname = self._tunnel_host or self.host  # type: ignore[attr-defined]
         real = sock.socket()
-        self.sock = real
+        self.sock = real  # closed by close() should wrapping fail
         self.sock = self._context.wrap_socket(  # type: ignore[attr-defined]
             real, server_hostname=server_hostname
         )
@@ -306,8 +307,12 @@ async def open_connection(
 
     def connect() -> tuple[socket.socket, dict[str, Any]] | None:
         conn: TcpSocket = net.create_connection((host, port), timeout, local_addr)
-        names = {"peername": conn.getpeername(), "sockname": conn.getsockname()}
-        sock = conn.socket()
+        try:
+            names = {"peername": conn.getpeername(), "sockname": conn.getsockname()}
+            sock = conn.socket()
+        except BaseException:
+            conn.close()
+            raise
         with lock:
             if state["abandoned"]:
                 sock.close()
@@ -482,11 +487,11 @@ class OverlayServer:
                     )
                 self.close()  # e.g. the network was closed under us
                 return
-            task = self._loop.create_task(self._connect(sock, address, listener))
+            task = self._loop.create_task(self._connect(sock, address))
             self._pending.add(task)
             task.add_done_callback(self._connected)
 
-    async def _connect(self, sock: socket.socket, address: Any, listener: TcpListener) -> None:
+    async def _connect(self, sock: socket.socket, address: Any) -> None:
         names = {"peername": address, "sockname": self._listen_name}
 
         def factory() -> _ServerProtocol:
@@ -565,6 +570,8 @@ class TLSStream:
     """TLS over a native ``TcpSocket`` with ``ssl.MemoryBIO`` / ``SSLObject`` (no bridge).
 
     Blocking, with the socket's timeout; not for concurrent use from several threads.
+    ``close`` closes the connection without close_notify; ``unwrap`` first for a clean
+    TLS shutdown.
     ``recv`` returns b"" at the end of the stream, whether or not the peer sent
     close_notify (as ``SSLSocket`` with ``suppress_ragged_eofs``).
     """

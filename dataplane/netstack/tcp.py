@@ -530,6 +530,17 @@ class TcpStack:
                 self._reply_reset(segs, i, ack, 0, RST)
                 self.drops["syn_received_bad_ack"] += 1
                 return
+            listener = conn.listener
+            if (
+                conn.passive
+                and listener is not None
+                and (len(listener.accept_queue) >= listener.backlog)
+            ):
+                # The accept queue is full: drop the ACK and stay in SYN-RECEIVED, as
+                # Linux does (tcp_abort_on_overflow=0); our SYN-ACK retransmission, or
+                # the peer's next segment, completes the handshake once there is room.
+                self.drops["accept_queue_full"] += 1
+                return
             tcb.ack(segs, i, now)
             tcb.take_events()
             self._move(conn, E.SYN_ACKED, now)
