@@ -17,6 +17,9 @@ SANS_IO = [
     "_batch.pyx",
     "_crypto.pyx",
     "_ident.pyx",
+    "netstack/tcp.py",
+    "netstack/_tcp.pyx",
+    "netstack/_ip.pyx",
 ]
 FORBIDDEN = {
     "threading",
