@@ -19,7 +19,6 @@ SANS_IO = [
     "_ident.pyx",
     "netstack/tcp.py",
     "netstack/_tcp.pyx",
-    "netstack/_ip.pyx",
 ]
 FORBIDDEN = {
     "threading",
