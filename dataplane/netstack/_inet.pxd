@@ -88,6 +88,22 @@ cdef inline void map_v4(uint8_t* a16, const uint8_t* a4) noexcept nogil:
     memcpy(a16 + 12, a4, 4)
 
 
+cdef inline bint is_unicast(const uint8_t* a16) noexcept nogil:
+    # Not unspecified, broadcast or multicast: a source we may answer (RFC 1122
+    # §3.2.2.6, RFC 4443 §2.4 e, RFC 9293 §3.9.2's "no segments to broadcast").
+    cdef uint8_t k
+    if is_v4(a16):
+        if a16[12] >= 224:              # multicast, reserved and 255.255.255.255
+            return False
+        return not (a16[12] == 0 and a16[13] == 0 and a16[14] == 0 and a16[15] == 0)
+    if a16[0] == 0xFF:
+        return False
+    for k in range(16):
+        if a16[k]:
+            return True
+    return False
+
+
 # -- RFC 1071 checksum --------------------------------------------------------------------
 
 cdef inline uint64_t csum_add(const uint8_t* p, Py_ssize_t n, uint64_t acc) noexcept nogil:

@@ -58,9 +58,11 @@ from dataplane.netstack._inet cimport (
     csum_pseudo,
     csum_store,
     htons,
+    is_unicast,
     is_v4,
     l4_pseudo,
     locate_l4,
+    map_v4,
     put16,
 )
 
@@ -268,22 +270,6 @@ cdef inline bint _ours(const uint8_t* a16, const uint8_t* ours, Py_ssize_t n_our
     return False
 
 
-cdef inline bint _unicast_source(const uint8_t* src, bint v4) noexcept nogil:
-    # Never answer toward an unspecified, broadcast or multicast source: the reply
-    # would go to nobody or to everybody (RFC 1122 §3.2.2.6, RFC 4443 §2.4 e).
-    cdef int k
-    if v4:
-        if src[0] >= 224:               # multicast, reserved and 255.255.255.255
-            return False
-        return not (src[0] == 0 and src[1] == 0 and src[2] == 0 and src[3] == 0)
-    if src[0] == 0xFF:
-        return False
-    for k in range(16):
-        if src[k]:
-            return True
-    return False
-
-
 cdef inline bint _echo_one(uint8_t* p, uint32_t n, const uint8_t* ours, Py_ssize_t n_ours,
                            uint32_t* new_len) noexcept nogil:
     cdef bint v4 = False
@@ -303,9 +289,13 @@ cdef inline bint _echo_one(uint8_t* p, uint32_t n, const uint8_t* ours, Py_ssize
     if v4:
         if proto != PROTO_ICMP or icmp[0] != ICMP_ECHO_REQUEST:
             return False
-        memcpy(tmp, _MAPPED, 12)
-        memcpy(tmp + 12, p + 16, 4)
-        if not _ours(tmp, ours, n_ours) or not _unicast_source(p + 12, True):
+        map_v4(tmp, p + 16)
+        if not _ours(tmp, ours, n_ours):
+            return False
+        # Never answer toward an unspecified, broadcast or multicast source: the reply
+        # would go to nobody or to everybody.
+        map_v4(tmp, p + 12)
+        if not is_unicast(tmp):
             return False
         if csum_fold(csum_add(icmp, l4, 0)) != 0xFFFF:
             return False
@@ -321,7 +311,7 @@ cdef inline bint _echo_one(uint8_t* p, uint32_t n, const uint8_t* ours, Py_ssize
     else:
         if proto != PROTO_ICMPV6 or icmp[0] != ICMPV6_ECHO_REQUEST:
             return False
-        if not _ours(p + 24, ours, n_ours) or not _unicast_source(p + 8, False):
+        if not _ours(p + 24, ours, n_ours) or not is_unicast(p + 8):
             return False
         acc = csum_pseudo(p + 8, p + 24, 16, l4, PROTO_ICMPV6)
         if csum_fold(csum_add(icmp, l4, acc)) != 0xFFFF:

@@ -73,6 +73,7 @@ from dataplane.netstack._inet cimport (
     build_ip,
     csum_add,
     csum_fold,
+    is_unicast,
     is_v4,
     ip_addresses,
     l4_pseudo,
@@ -310,20 +311,6 @@ cdef inline uint32_t round_up_pow2(uint32_t v) noexcept nogil:
 
 # -- parsing --------------------------------------------------------------------------------
 
-cdef inline bint _unicast(const uint8_t* a16) noexcept nogil:
-    cdef int k
-    if is_v4(a16):
-        if a16[12] >= 224:
-            return False
-        return not (a16[12] == 0 and a16[13] == 0 and a16[14] == 0 and a16[15] == 0)
-    if a16[0] == 0xFF:
-        return False
-    for k in range(16):
-        if a16[k]:
-            return True
-    return False
-
-
 cdef uint8_t parse_segment(const uint8_t* p, uint32_t n, seg_t* s) noexcept nogil:
     """Validate p[0:n] as an IP packet carrying a TCP segment; fill ``s``."""
     cdef bint v4 = False
@@ -366,7 +353,7 @@ cdef uint8_t parse_segment(const uint8_t* p, uint32_t n, seg_t* s) noexcept nogi
     s.mss = 0
     s.tsval = 0
     s.tsecr = 0
-    if s.sport == 0 or s.dport == 0 or not _unicast(s.addrs):
+    if s.sport == 0 or s.dport == 0 or not is_unicast(s.addrs):
         return SV_BAD_ADDRESS
     i = TCP_HEADER
     while i < doff:
