@@ -58,7 +58,10 @@ def test_a_thousand_concurrent_connections_then_idle_costs_nothing(pair):
         stats_a, stats_b = pair.net_a.tcp_stats(), pair.net_b.tcp_stats()
         assert stats_a["states"] == {"ESTABLISHED": N}
         assert stats_b["states"] == {"ESTABLISHED": N}
-        assert not stats_a["drops"] and not stats_b["drops"]
+        # On a loaded machine a SYN-ACK or segment may be retransmitted before its ACK
+        # arrived; its duplicate is "out_of_window" (acknowledged, dropped). Nothing else.
+        assert set(stats_a["drops"]) <= {"out_of_window"}
+        assert set(stats_b["drops"]) <= {"out_of_window"}
         # Let the delayed ACKs go out; then nothing is due on either side.
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and (
