@@ -114,6 +114,9 @@ as Linux's TCP small queues bound what a socket has in the qdisc: queued segment
 as in flight, so a sender that could queue its whole congestion window locally would
 measure the queue as round-trip time."""
 
+CLOSE_DRAIN = 1.0
+"""Longest ``close`` waits for the driver to take our last batches (seconds)."""
+
 TX_DRIVER_QUEUE = 2
 """Batches of ours the driver's input queue may hold before the flusher waits for it:
 the driver's queue is deep for bursts of other transports, not for a TCP backlog."""
@@ -906,6 +909,9 @@ class OverlayNetwork:
             self._stack.abort_all(time.monotonic())
             self._tcp_collect()
         self._tcp_flush()
+        # Give the driver a moment to send what is queued (the RSTs above, a FIN just
+        # closed): the caller usually closes the driver and its underlay next.
+        self.handle.incoming.wait_below(1, min(timeout, CLOSE_DRAIN))
         if self._bridges is not None:
             self._bridges.close()
         self._driver.remove_overlay_transport(self.id)
