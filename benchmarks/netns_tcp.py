@@ -95,6 +95,8 @@ def role(args) -> None:
         conn.shutdown(socket.SHUT_WR)
         conn.settimeout(60)
         conn.recv(1)
+        if os.environ.get("NETNS_TCP_DEBUG") and hasattr(conn, "tcp_info"):
+            print(json.dumps(conn.tcp_info()), file=sys.stderr, flush=True)
         conn.close()
         print(json.dumps({"sent": True}), flush=True)
     else:

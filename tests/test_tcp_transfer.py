@@ -10,7 +10,10 @@ from __future__ import annotations
 import pytest
 from tcp_sim import A6, B6, A, B, Impairment, Net, addr, transfer
 
+from dataplane.netstack._ip import pack_address
 from dataplane.netstack.tcp import State, TcpLimits
+
+_A = pack_address(A)
 
 CASES = {
     "clean": (Impairment(), {}),
@@ -66,3 +69,35 @@ def test_transfer_arrives_whole_and_closes(case, seed):
     net.idle(61)
     assert client.state == State.CLOSED
     assert not sa.conns and not sb.conns
+
+
+def test_hystart_ends_slow_start_on_rising_delay():
+    """RFC 9406: on a bottleneck whose queue grows, HyStart++ (when enabled) leaves slow
+    start when a round's minimum RTT rises by eta, before the queue overflows."""
+    imp = Impairment(delay=0.02, rate=2_500_000)  # 20 Mb/s, a deep queue
+    for hystart in (False, True):
+        net = Net(A, B, impairment=imp, limits=TcpLimits(hystart=hystart))
+        client, server = connected_pair(net, A, B)
+        data = bytes(3_000_000)
+        assert transfer(net, client, server, data, seconds=120) == data
+        info = client.tcb.counters()
+        assert info["hystart_exits"] == (1 if hystart else 0)
+        if hystart:
+            assert info["ssthresh"] < 1 << 30  # slow start ended
+
+
+def test_pacing_spreads_a_window_over_the_round_trip():
+    """Segments leave at 2x (slow start) / 1.2x cwnd/srtt, not as one line-rate burst per
+    ACK: on a 100 ms path, no millisecond carries more than a few percent of a window."""
+    net = Net(A, B, impairment=Impairment(delay=0.05))
+    client, server = connected_pair(net, A, B)
+    sends: list[float] = []
+    net.trace = lambda now, dst, pkt: sends.append(now) if len(pkt) > 200 and dst != _A else None
+    data = bytes(8_000_000)
+    assert transfer(net, client, server, data, seconds=120) == data
+    window = client.tcb.counters()["cwnd"] // client.tcb.mss
+    per_ms: dict[int, int] = {}
+    for t in sends:
+        per_ms[int(t * 1000)] = per_ms.get(int(t * 1000), 0) + 1
+    assert window > 500
+    assert max(per_ms.values()) < window // 10

@@ -129,6 +129,7 @@ cdef enum:
     F_RETX_NOW = 1 << 18    # retransmit the first lost segment whatever cwnd says
     F_THROTTLED = 1 << 19   # the last output stopped at its budget with more to send
     F_CWND_LIMITED = 1 << 20  # the last output stopped at cwnd with data to send
+    F_HYSTART = 1 << 21     # HyStart++ may end slow start on rising delay
 
 # Events for the Python side (tcb_t.events), cleared by it.
 cdef enum:
@@ -641,7 +642,7 @@ cdef void _hystart(tcb_t* t, double rtt, uint32_t ack) noexcept nogil:
     a round's smallest RTT grew by eta over the last round's, before the burst that
     would overflow a queue."""
     cdef double eta
-    if t.cwnd >= t.ssthresh or t.flags & (F_RECOVERY | F_LOSS):
+    if t.cwnd >= t.ssthresh or t.flags & (F_RECOVERY | F_LOSS) or not (t.flags & F_HYSTART):
         return
     if t.hs_cur_min == 0 or rtt < t.hs_cur_min:
         t.hs_cur_min = rtt
@@ -2150,6 +2151,8 @@ cdef class Tcb:
                 t.rb_max = max(t.rb_max, v)
         elif name == "cc":
             t.cc = CC_CUBIC if value == "cubic" else CC_NEWRENO
+        elif name == "hystart":
+            t.flags = (t.flags | F_HYSTART) if value else (t.flags & ~F_HYSTART)
         elif name == "rto_min":
             t.rto_min = float(value)
         elif name == "max_retries":
@@ -2177,6 +2180,8 @@ cdef class Tcb:
             return t.rb_user if t.rb_user else t.rb_cap
         if name == "cc":
             return "cubic" if t.cc == CC_CUBIC else "newreno"
+        if name == "hystart":
+            return bool(t.flags & F_HYSTART)
         raise ValueError(f"unknown TCP option {name!r}")
 
 
