@@ -2190,7 +2190,7 @@ cdef class Demux:
 
     cdef uint64_t seed
     cdef uint32_t mask              # table size - 1 (a power of two)
-    cdef int32_t* slots             # connection id per table slot; -1 empty, -2 deleted
+    cdef int32_t* slots             # connection id per table slot, -1 empty
     cdef tcb_t** conns              # by connection id
     cdef readonly Py_ssize_t max_conns
     cdef readonly Py_ssize_t count
@@ -2226,13 +2226,12 @@ cdef class Demux:
         cdef tcb_t* t
         while True:
             c = self.slots[i]
-            if c == -1:
+            if c < 0:
                 return -1
-            if c >= 0:
-                t = self.conns[c]
-                if (t.lport == lport and t.rport == rport and memcmp(t.raddr, remote, 16) == 0
-                        and memcmp(t.laddr, local, 16) == 0):
-                    return c
+            t = self.conns[c]
+            if (t.lport == lport and t.rport == rport and memcmp(t.raddr, remote, 16) == 0
+                    and memcmp(t.laddr, local, 16) == 0):
+                return c
             i = (i + 1) & self.mask
 
     def add(self, Tcb tcb not None):
@@ -2262,18 +2261,30 @@ cdef class Demux:
     def remove(self, Tcb tcb not None):
         cdef tcb_t* t = tcb.t
         cdef int32_t cid = self._find(t.laddr, t.lport, t.raddr, t.rport)
-        cdef uint32_t i
+        cdef uint32_t i, j, home
+        cdef tcb_t* o
         if cid < 0 or self.conns[cid] != t:
             return
         i = <uint32_t>_hash4(self.seed, t.laddr, t.lport, t.raddr, t.rport) & self.mask
         while self.slots[i] != cid:
             i = (i + 1) & self.mask
-        self.slots[i] = -2
-        if self.slots[(i + 1) & self.mask] == -1:
-            # Turn trailing tombstones back into empty slots.
-            while self.slots[i] == -2:
-                self.slots[i] = -1
-                i = (i - 1) & self.mask
+        # Backward-shift deletion (linear probing without tombstones): entries after the
+        # hole that may sit in it move up, so every probe still ends at an empty slot.
+        # Tombstones would pile up under connection churn (a SYN flood makes and ends
+        # thousands) until no slot is empty and a lookup never ends.
+        self.slots[i] = -1
+        j = i
+        while True:
+            j = (j + 1) & self.mask
+            if self.slots[j] < 0:
+                break
+            o = self.conns[self.slots[j]]
+            home = <uint32_t>_hash4(self.seed, o.laddr, o.lport, o.raddr, o.rport) & self.mask
+            # Move it unless its home lies cyclically in (i, j].
+            if ((j - home) & self.mask) >= ((j - i) & self.mask):
+                self.slots[i] = self.slots[j]
+                self.slots[j] = -1
+                i = j
         self.conns[cid] = NULL
         self.count -= 1
         del self._tcbs[cid]

@@ -357,9 +357,10 @@ class TcpStack:
         cid = segs.conn(i)
         conn = self.conns.get(cid) if cid >= 0 else None
         src, sport, dst, dport = segs.addresses(i)
-        if conn is not None and (conn.remote != (src, sport) or conn.local != (dst, dport)):
-            # The connection matched when the batch came in was closed by an earlier
-            # segment of this batch and its id went to another: look the 4-tuple up again.
+        if conn is None or conn.remote != (src, sport) or conn.local != (dst, dport):
+            # What the batch was matched against when it came in may be stale: an earlier
+            # segment of this batch can have made the connection (a SYN twice), or closed
+            # it and its id gone to another. Look the 4-tuple up again.
             found = self.demux.lookup(dst, dport, src, sport)
             conn = self.conns.get(found.id) if found is not None else None
         if conn is None:
@@ -419,6 +420,9 @@ class TcpStack:
             conn = self._new_connection((dst, dport), (src, sport), now)
         except OverflowError:
             self.drops["connection_table_full"] += 1
+            return
+        except KeyError:  # the 4-tuple is taken (cannot happen after the lookup above)
+            self.drops["connection_exists"] += 1
             return
         conn.passive = True
         conn.listener = listener
