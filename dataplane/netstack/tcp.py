@@ -36,6 +36,7 @@ import enum
 import errno
 import hashlib
 import heapq
+import logging
 import os
 import random
 from collections import Counter, OrderedDict, deque
@@ -65,6 +66,8 @@ from dataplane.netstack._tcp import (
     Tcb,
     build_reset,
 )
+
+log = logging.getLogger(__name__)
 
 
 class State(enum.IntEnum):
@@ -327,7 +330,14 @@ class TcpStack:
         self.counters["segments_in"] += len(batch) - counts[_tcp.SKIPPED] - others
         self.counters["fast_path"] += counts[_tcp.FAST]
         for i in segs.slow():
-            self._segment_arrives(segs, i, now)
+            try:
+                self._segment_arrives(segs, i, now)
+            except Exception:
+                # A bug of ours, not the peer's: the segment is dropped and counted, and
+                # the stack (every other connection) carries on. Logged once, loudly.
+                self.drops["internal_error"] += 1
+                if self.drops["internal_error"] == 1:
+                    log.exception("TCP: a segment raised; dropped (drops['internal_error'])")
         for cid in touched:
             conn = self.conns.get(cid)
             if conn is not None:
