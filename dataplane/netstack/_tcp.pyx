@@ -26,15 +26,18 @@ trip count is "segments" or "bytes", without the GIL, over whole PacketBatches:
   bytes, RTT sampling (RFC 6298; timestamps per RFC 7323 appendix G, Karn's algorithm
   without them), the SACK scoreboard (RFC 2018), duplicate ACKs, loss detection and
   recovery (RFC 6675 with RFC 6582's RecoveryPoint; NewReno's dup-ACK accounting for peers
-  without SACK), and congestion control (CUBIC per RFC 9438, or NewReno per RFC 5681).
+  without SACK; retransmissions found lost when later sends are SACKed), and congestion
+  control (CUBIC per RFC 9438, or NewReno per RFC 5681; HyStart++ per RFC 9406 on request).
 * **Text** (``_text``): in-order bytes go into the receive ring, out-of-order bytes into
   the ring at their offset with a range recorded (no second copy when the hole fills);
   SACK blocks to report (RFC 2018 §4); delayed ACKs (every second full segment, 40 ms
   timer, quick ACKs at the start; RFC 1122 §4.2.3.2, RFC 5681 §4.2).
 * **Output** (``_output``): SYN / SYN-ACK with options, retransmissions chosen by
   RFC 6675's NextSeg, new data within min(cwnd, send window) with Nagle (RFC 9293
-  §3.7.4) and sender SWS avoidance, FIN, pure ACKs and window updates with receiver SWS
-  avoidance (§3.8.6.2.2); zero-window probes and keepalives. Segments are built in place
+  §3.7.4) and sender SWS avoidance, paced at 2x / 1.2x cwnd/srtt (Linux's gains), FIN,
+  pure ACKs (every second segment of a batch, D-SACK for duplicates per RFC 2883) and
+  window updates with receiver SWS avoidance (§3.8.6.2.2); zero-window probes and
+  keepalives. Segments are built in place
   in PacketBatch slots (room in front for the WireGuard header), checksummed.
 * **Timers** (``_on_timer``): retransmission timeout with exponential backoff, delayed
   ACK, persist, keepalive; each connection keeps absolute deadlines and the stack sleeps
